@@ -35,7 +35,7 @@ VOCABULARY = tuple(sorted({
     *(word for relation in RELATIONS for word in relation.split()),
 }))
 
-SIZE_RANGE = (0.22, 0.30)  # side of an object's bounding box, fraction of the image side (7-9.6 px at 32)
+SIZE_RANGE = (0.30, 0.38)  # side of an object's bounding box, fraction of the image side (9.6-12.2 px at 32)
 GAP = 0.08  # empty space kept between bounding boxes: objects never touch, rims never mix
 BORDER = 0.03  # empty space kept at the image edge
 # Placement demands the relation with a wider margin than the scorer's, so a render stays correct after

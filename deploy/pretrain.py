@@ -40,6 +40,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--save-every", type=int, default=1000, help="also save the pipeline every N steps")
+    parser.add_argument("--ema", type=float, default=0.999, help="decay of the weight average that is saved (0: none)")
     return parser.parse_args(argv)
 
 
@@ -79,15 +80,24 @@ def main(argv: list[str] | None = None) -> Path:
     modules = torch.nn.ModuleList([*encoders, transformer]).train()
     optimizer = torch.optim.AdamW(modules.parameters(), lr=args.lr, weight_decay=0.01)
     schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=args.lr, total_steps=args.steps, pct_start=0.05)
+    ema = torch.optim.swa_utils.AveragedModel(
+        modules, multi_avg_fn=torch.optim.swa_utils.get_ema_multi_avg_fn(args.ema)) if args.ema else None
     generator = torch.Generator().manual_seed(args.seed)
     bar = tqdm(range(args.steps), desc="pretrain", dynamic_ncols=True)
     ema_loss = None
     def save() -> Path:
+        if ema is not None:  # the average is what gets saved; the trained weights go on training
+            trained = [p.detach().clone() for p in modules.parameters()]
+            torch.nn.utils.vector_to_parameters(torch.nn.utils.parameters_to_vector(ema.module.parameters()),
+                                                modules.parameters())
         out = save_tiny_pipeline(args.out, tokenizer=tokenizer, text_encoder=encoders[0], text_encoder_2=encoders[1],
                                  transformer=transformer, shift=spec.shift)
         (out / "pretrain.json").write_text(json.dumps(
             {**vars(args), "steps_done": step + 1, "final_loss": ema_loss, "seconds": round(time.time() - start)},
             indent=2))
+        if ema is not None:
+            for p, value in zip(modules.parameters(), trained, strict=True):
+                p.data.copy_(value)
         return out
 
     for step in bar:
@@ -107,6 +117,8 @@ def main(argv: list[str] | None = None) -> Path:
         torch.nn.utils.clip_grad_norm_(modules.parameters(), 1.0)
         optimizer.step()
         schedule.step()
+        if ema is not None:
+            ema.update_parameters(modules)
         ema_loss = float(loss) if ema_loss is None else 0.98 * ema_loss + 0.02 * float(loss)
         bar.set_postfix(loss=f"{ema_loss:.4f}")
         if args.save_every and (step + 1) % args.save_every == 0:
