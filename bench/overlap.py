@@ -23,6 +23,7 @@ from deploy.train import start_reward
 from learner.buffer import Buffer
 from learner.learner_group import LearnerGroup
 
+OVERLAPPED = ["schedule.max_policy_lag=1", "schedule.max_inflight=2"]
 SYNCHRONOUS = ["schedule.max_policy_lag=0", "schedule.max_inflight=1"]
 
 
@@ -93,7 +94,7 @@ def learner_alone(learner: LearnerGroup, cfg: Config, scored: list, updates: int
 
 def stages_alone(ctx: BenchContext) -> dict[str, float]:
     """Each stage of the default config run alone on the same actors and resources; images/s."""
-    cfg = ctx.run_config("stages")
+    cfg = ctx.run_config("stages", *OVERLAPPED)
     per_call = cfg.sampler.groups_per_call
     calls = -(-cfg.schedule.groups_per_update // per_call) * (1 if ctx.quick else 2)  # two updates' worth
     with ray_session():

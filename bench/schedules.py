@@ -12,7 +12,7 @@ from deploy.train import train
 
 def measure(ctx: BenchContext) -> dict[str, dict]:
     records, alone = {}, {}
-    for side, extra in (("overlapped", []), ("synchronous", overlap.SYNCHRONOUS)):
+    for side, extra in (("overlapped", overlap.OVERLAPPED), ("synchronous", overlap.SYNCHRONOUS)):
         cfg = ctx.run_config(f"schedule_{side}", f"run.num_updates={ctx.learning_updates}",
                              f"eval.every={ctx.learning_eval_every}", *extra)
         with ray_session():
