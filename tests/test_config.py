@@ -38,7 +38,7 @@ def test_override_parses_yaml_values():
     ("learner.lrr=1", "learner.lrr: unknown key"),
     ("learner.lr=-1", "learner.lr"),
     ("sampler.solver=heun", "sampler.solver"),
-    ("schedule.max_policy_lag=0", "needs schedule.max_inflight 1"),
+    ("schedule.max_inflight=2", "needs schedule.max_inflight 1"),  # tiny_cpu runs max_policy_lag 0
     ("learner.micro_batch_size=7", "must be a multiple of learner.num_ranks"),
     ("reward.replicas=0", "no reward server"),
 ], ids=["unknown-key", "negative-lr", "bad-solver", "sync-needs-one-inflight", "batch-divisibility", "no-reward"])
