@@ -84,20 +84,14 @@ def main(argv: list[str] | None = None) -> Path:
         modules, multi_avg_fn=torch.optim.swa_utils.get_ema_multi_avg_fn(args.ema)) if args.ema else None
     generator = torch.Generator().manual_seed(args.seed)
     bar = tqdm(range(args.steps), desc="pretrain", dynamic_ncols=True)
-    ema_loss = None
+    smoothed_loss = None
     def save() -> Path:
-        if ema is not None:  # the average is what gets saved; the trained weights go on training
-            trained = [p.detach().clone() for p in modules.parameters()]
-            torch.nn.utils.vector_to_parameters(torch.nn.utils.parameters_to_vector(ema.module.parameters()),
-                                                modules.parameters())
-        out = save_tiny_pipeline(args.out, tokenizer=tokenizer, text_encoder=encoders[0], text_encoder_2=encoders[1],
-                                 transformer=transformer, shift=spec.shift)
+        saved = ema.module if ema is not None else modules  # the weight average is what gets saved
+        out = save_tiny_pipeline(args.out, tokenizer=tokenizer, text_encoder=saved[0], text_encoder_2=saved[1],
+                                 transformer=saved[2], shift=spec.shift)
         (out / "pretrain.json").write_text(json.dumps(
-            {**vars(args), "steps_done": step + 1, "final_loss": ema_loss, "seconds": round(time.time() - start)},
+            {**vars(args), "steps_done": step + 1, "final_loss": smoothed_loss, "seconds": round(time.time() - start)},
             indent=2))
-        if ema is not None:
-            for p, value in zip(modules.parameters(), trained, strict=True):
-                p.data.copy_(value)
         return out
 
     for step in bar:
@@ -119,12 +113,12 @@ def main(argv: list[str] | None = None) -> Path:
         schedule.step()
         if ema is not None:
             ema.update_parameters(modules)
-        ema_loss = float(loss) if ema_loss is None else 0.98 * ema_loss + 0.02 * float(loss)
-        bar.set_postfix(loss=f"{ema_loss:.4f}")
+        smoothed_loss = float(loss) if smoothed_loss is None else 0.98 * smoothed_loss + 0.02 * float(loss)
+        bar.set_postfix(loss=f"{smoothed_loss:.4f}")
         if args.save_every and (step + 1) % args.save_every == 0:
             save()
     out = save()
-    print(f"saved the tiny policy to {out} (loss {ema_loss:.4f}, {time.time() - start:.0f}s); "
+    print(f"saved the tiny policy to {out} (loss {smoothed_loss:.4f}, {time.time() - start:.0f}s); "
           f"evaluate it with: python -m deploy.evaluate --policy {out} --dataset shapes")
     return out
 
