@@ -30,8 +30,9 @@ def test_committed_base_samples_shapes_the_scorer_reads():
     assert cfg.policy.pretrained == BASE
     sampler = Sampler(cfg.policy, cfg.sampler, device="cpu")
     scores = _scores(sampler, read_prompts("configs/prompts/shapes_test.jsonl")[::3], seeds_per_prompt=2)
-    # Measured 0.29 partial / 0.12-0.14 strict on the whole held-out set; a random-weight policy draws noise the
-    # detector finds nothing in (partial 0), a perfect one scores 1: the base must sit clearly in between.
+    # Measured 0.37 partial / 0.21 strict here (0.49 / 0.29 on the whole held-out set at 20 steps); a random-weight
+    # policy draws noise the detector finds nothing in (partial 0), a perfect one scores 1: the base must sit
+    # clearly in between.
     assert 0.15 < scores["shapes"] < 0.6, scores
     assert scores["shapes_strict"] < 0.5, scores
 
