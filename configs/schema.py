@@ -85,6 +85,9 @@ class OldPolicySchedule(Section):
 class LearnerConfig(Section):
     num_ranks: int = Field(1, ge=1, description="DDP ranks of the LearnerGroup")
     num_cpus: float = Field(1.0, ge=0, description="CPUs reserved per rank")
+    num_threads: int | None = Field(
+        None, ge=1, description="torch threads per rank (None: Ray's OMP_NUM_THREADS, the whole CPUs reserved, "
+        "at least 1); more than num_cpus suits the synchronous schedule, where samplers idle during an update")
     num_gpus: float = Field(0.0, ge=0, description="GPUs reserved per rank")
     resources: dict[str, float] = Field(default_factory=dict, description="custom Ray resources per rank, "
                                         "e.g. {nft_learner: 1}: ranks then run only on nodes that offer them")

@@ -29,6 +29,8 @@ class Learner:
                  seed: int = 0, device: str | None = None):
         self.cfg, self.rank, self.world_size, self.seed = learner_cfg, rank, world_size, seed
         device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        if learner_cfg.num_threads:
+            torch.set_num_threads(learner_cfg.num_threads)
         torch.manual_seed(seed)  # θ and θ_old start equal and identical on every rank
         self.policy = Policy.from_pretrained(policy_cfg, adapters=(THETA, OLD), device=device)
         self.policy.load_weights(self.policy.get_weights(THETA), OLD)
