@@ -1,0 +1,74 @@
+"""Nothing waits silently: a missing reward server, an actor that cannot be placed and a stalled Sampler each end in
+an error that names the problem and the fix, within a bounded time (real local Ray, real sockets)."""
+
+from __future__ import annotations
+
+import socket
+import time
+
+import pytest
+import ray
+
+from actors.prompts import PromptGroup
+from actors.sampler_pool import SamplerPool
+from configs.load import load_config
+from configs.schema import RewardConfig
+from deploy.train import start_reward
+from learner.learner_group import LearnerGroup
+from reward_service.client import RewardError
+
+pytestmark = pytest.mark.slow
+
+
+def closed_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]  # nothing listens once the probe closes
+
+
+def config(tiny_pipeline, *overrides):
+    return load_config("configs/tiny_cpu.yaml", [f"policy.pretrained={tiny_pipeline}", *overrides])
+
+
+def test_missing_reward_server_is_named(local_ray):
+    url = f"http://127.0.0.1:{closed_port()}"
+    start = time.monotonic()
+    with pytest.raises(RewardError, match=f"{url}.*Check that they run"):
+        start_reward(RewardConfig(weights={"shapes": 1.0}, replicas=0, urls=(url,)), local=True)
+    assert time.monotonic() - start < 30
+
+
+def test_learner_that_cannot_be_placed(local_ray, tiny_pipeline):
+    cfg = config(tiny_pipeline, "learner.num_cpus=64")
+    with pytest.raises(RuntimeError, match=r"cannot be placed within 2s.*lower learner.num_ranks/num_cpus/num_gpus"):
+        LearnerGroup(cfg.policy, cfg.learner, seed=0, placement_timeout_s=2)
+    assert not [pg for pg in ray.util.placement_group_table().values() if pg["state"] == "PENDING"]
+
+
+def test_sampler_that_cannot_be_placed(local_ray, tiny_pipeline):
+    cfg = config(tiny_pipeline, "sampler.num_cpus=64")
+    with pytest.raises(RuntimeError, match=r"not ready within 2s.*Lower sampler.num_actors/num_cpus/num_gpus"):
+        SamplerPool(cfg.policy, cfg.sampler, scorer=None, max_inflight=1, ready_timeout_s=2)
+
+
+@ray.remote(num_cpus=0)
+class Unused:
+    """Stands in for the GroupScorer: the stalled call never gets as far as scoring."""
+
+    def score(self, groups):
+        raise AssertionError("a stalled sample call must not reach scoring")
+
+
+def test_stalled_sampler_call_is_reported(local_ray, tiny_pipeline):
+    # 100 solver steps on 16 images take seconds; a call is reported once it runs past timeout_s (0.5 s).
+    cfg = config(tiny_pipeline, "sampler.num_actors=1", "sampler.num_steps=100", "sampler.timeout_s=0.5")
+    pool = SamplerPool(cfg.policy, cfg.sampler, Unused.remote(), max_inflight=1)
+    try:
+        pool.submit([PromptGroup(0, "a photo of a circle", {"tag": "single_object", "include": [
+            {"class": "circle", "count": 1}]}, tuple(range(16)))])
+        start = time.monotonic()
+        with pytest.raises(TimeoutError, match=r"Sampler 0 has not finished a sample call.*sampler.timeout_s = 0.5"):
+            while time.monotonic() - start < 60:
+                pool.poll(0.1)
+    finally:
+        pool.shutdown()
