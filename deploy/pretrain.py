@@ -1,9 +1,8 @@
 """Pretrain the embedded tiny policy on the shapes world: `python -m deploy.pretrain [--out DIR] [--steps N]`.
 
 Flow matching (xt = (1 − t)·x0 + t·ε, target v = ε − x0) of a tiny SD3-architecture model and its text encoders
-on rendered scenes whose captions are deliberately noisy, so the base follows prompts only partly. No held-out test
-prompt (nor a rewording) is ever a caption; scenes of held-out meanings appear uncaptioned. Saves a diffusers-format
-pipeline that `Policy.from_pretrained` loads.
+on rendered scenes whose captions are deliberately noisy, so the base follows prompts only partly. Held-out test
+prompts are never shown. Saves a diffusers-format pipeline that `Policy.from_pretrained` loads.
 """
 
 from __future__ import annotations
@@ -21,7 +20,7 @@ from transformers import AutoTokenizer, CLIPTextModelWithProjection
 
 from actors.policy import encode_prompts
 from actors.prompts import read_prompts
-from actors.shapes_world import TAGS, VOCABULARY, all_records, canonical_form, sample_captioned_images
+from actors.shapes_world import VOCABULARY, canonical_form, sample_captioned_images
 from actors.tiny_policy import TinySpec, build_text_encoder, build_tokenizer, build_transformer, save_tiny_pipeline
 
 
@@ -45,26 +44,20 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def held_out_captions(test_prompts: str) -> tuple[set[tuple], set[str]]:
-    """The held-out meanings (canonical forms) and every prompt text that says one of them (rewordings too)."""
-    forms = {canonical_form(r.metadata) for r in read_prompts(test_prompts)}
-    texts = {record["prompt"] for tag in TAGS for record in all_records(tag) if canonical_form(record) in forms}
-    return forms, texts
-
-
 def make_dataset(args: argparse.Namespace, resolution: int) -> tuple[torch.Tensor, list[str]]:
-    """Noisy-captioned renders in which no held-out prompt is ever said: scenes of a held-out meaning appear
-    uncaptioned (as web images without alt text), and a noisy caption that happens to say a held-out meaning is
-    dropped too. So the base has seen every kind of scene, but never the words of a test prompt."""
-    forms, texts = held_out_captions(args.test_prompts)
+    """Noisy-captioned renders, leaving out every scene of a held-out meaning and every held-out caption."""
+    test = read_prompts(args.test_prompts)
+    held_out, held_out_forms = {r.prompt for r in test}, {canonical_form(r.metadata) for r in test}
     rng = np.random.default_rng(args.seed)
     images, captions = [], []
-    for pair in sample_captioned_images(rng, args.dataset_size, args.noise, resolution):
-        hidden = canonical_form(pair.metadata) in forms or pair.caption in texts
-        images.append(pair.image)
-        captions.append("" if hidden or rng.random() < args.caption_dropout else pair.caption)
-    x0 = torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).float() / 127.5 - 1
-    return x0, captions  # x0: (N, 3, H, W) in [-1, 1]
+    while len(images) < args.dataset_size:
+        for pair in sample_captioned_images(rng, 1000, args.noise, resolution):
+            if canonical_form(pair.metadata) in held_out_forms or pair.caption in held_out:
+                continue
+            images.append(pair.image)
+            captions.append(pair.caption if rng.random() >= args.caption_dropout else "")
+    x0 = torch.from_numpy(np.stack(images[:args.dataset_size])).permute(0, 3, 1, 2).float() / 127.5 - 1
+    return x0, captions[:args.dataset_size]  # x0: (N, 3, H, W) in [-1, 1]
 
 
 def main(argv: list[str] | None = None) -> Path:
