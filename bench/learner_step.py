@@ -102,9 +102,9 @@ def peak_rss_delta(step: Callable[[], float], interval_s: float = 0.001) -> int:
 
 
 def measure(ctx: BenchContext) -> dict[str, dict]:
-    torch.set_num_threads(1)  # as a Learner actor on a fractional CPU: Ray sets OMP_NUM_THREADS=1
     cfg = ctx.config()
     learner = Learner(cfg.policy, cfg.learner, device="cpu", seed=0)
+    torch.set_num_threads(1)  # one thread, whatever learner.num_threads says: the ratios compare like with like
     size = 8 if ctx.quick else cfg.learner.micro_batch_size
     from actors.solvers import sigma_schedule
 

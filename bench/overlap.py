@@ -23,7 +23,8 @@ from deploy.train import start_reward
 from learner.buffer import Buffer
 from learner.learner_group import LearnerGroup
 
-OVERLAPPED = ["schedule.max_policy_lag=1", "schedule.max_inflight=2"]
+# Overlapped, the learner shares the cores with the samplers: one thread, as Ray gives a fractional-CPU rank.
+OVERLAPPED = ["schedule.max_policy_lag=1", "schedule.max_inflight=2", "learner.num_threads=1"]
 SYNCHRONOUS = ["schedule.max_policy_lag=0", "schedule.max_inflight=1"]
 
 

@@ -12,7 +12,7 @@ pytestmark = pytest.mark.slow
 SMALL = ["prompts.group_size=4", "schedule.groups_per_update=4", "schedule.buffer_capacity=16",
          "learner.micro_batch_size=4", "sampler.num_steps=4", "sampler.groups_per_call=1", "eval.num_steps=4",
          "eval.num_prompts=4", "run.grid_every=2", "run.progress=false", "learner.lr=1e-3",
-         "schedule.max_policy_lag=1", "schedule.max_inflight=2"]  # the overlapped schedule
+         "schedule.max_policy_lag=1", "schedule.max_inflight=2", "learner.num_threads=1"]  # the overlapped schedule
 
 
 def run(tiny_pipeline, tmp_path, name, *extra):
