@@ -113,7 +113,8 @@ def main(argv: list[str] | None = None) -> Path:
         schedule.step()
         if ema is not None:
             ema.update_parameters(modules)
-        smoothed_loss = float(loss) if smoothed_loss is None else 0.98 * smoothed_loss + 0.02 * float(loss)
+        loss_value = loss.item()
+        smoothed_loss = loss_value if smoothed_loss is None else 0.98 * smoothed_loss + 0.02 * loss_value
         bar.set_postfix(loss=f"{smoothed_loss:.4f}")
         if args.save_every and (step + 1) % args.save_every == 0:
             save()
