@@ -1,5 +1,5 @@
 """Learning speed: the held-out shapes strict score against update step and against training wall-clock, for the
-overlapped default and the synchronous schedule (the two runs of bench.schedules), as learning_speed.png and JSON.
+overlapped and the synchronous schedule (the two runs of bench.schedules), as learning_speed.png and JSON.
 Training wall-clock leaves out the evaluations themselves (they measure, they do not train).
 """
 
@@ -71,7 +71,7 @@ def section(ctx: BenchContext, records: dict[str, list[dict]]) -> dict:
             ["figure", f"`{png.name}`"]]
     return {
         "what": (f"Two `deploy.train.train` runs of {ctx.learning_updates} updates on configs/tiny_cpu.yaml "
-                 f"(overlapped default, then synchronous; seed 0), held-out evaluation every "
+                 f"(overlapped, then synchronous, the default; seed 0), held-out evaluation every "
                  f"{ctx.learning_eval_every} updates on configs/prompts/shapes_test.jsonl."),
         "config": {"updates": ctx.learning_updates, "eval_every": ctx.learning_eval_every},
         "curves": curves, "png": png.name,

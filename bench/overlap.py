@@ -1,6 +1,7 @@
-"""Overlap: end-to-end images trained per second of the overlapped default (max_policy_lag 1, max_inflight 2) against
-the synchronous schedule (lag 0, one call in flight), from the two `deploy.train.train` runs of bench.schedules;
-pipeline efficiency = that throughput over the slowest stage's throughput when it runs alone (measured here).
+"""Overlap: end-to-end images trained per second of the overlapped schedule (max_policy_lag 1, max_inflight 2) against
+the synchronous one (lag 0, one call in flight; configs/tiny_cpu.yaml's default), from the two `deploy.train.train`
+runs of bench.schedules; pipeline efficiency = that throughput over the slowest stage's throughput when it runs
+alone (measured here).
 """
 
 from __future__ import annotations
@@ -94,7 +95,7 @@ def learner_alone(learner: LearnerGroup, cfg: Config, scored: list, updates: int
 
 
 def stages_alone(ctx: BenchContext) -> dict[str, float]:
-    """Each stage of the default config run alone on the same actors and resources; images/s."""
+    """Each stage of the overlapped config (one learner thread) run alone on the same actors and resources; images/s."""
     cfg = ctx.run_config("stages", *OVERLAPPED)
     per_call = cfg.sampler.groups_per_call
     calls = -(-cfg.schedule.groups_per_update // per_call) * (1 if ctx.quick else 2)  # two updates' worth
@@ -159,6 +160,10 @@ def section(cfg: Config, records: dict[str, list[dict]], alone: dict[str, float]
                   f"Overlapped, the update phase takes {slowdown['overlapped'].median:.2f}× its time alone "
                   f"(synchronous: {slowdown['synchronous'].median:.2f}×): on {os.cpu_count()} cores the samplers, the "
                   "reward replica and the learner share the CPUs, which a node with a device per stage would not.",
+                  f"The synchronous run's learner takes learner.num_threads = {cfg.learner.num_threads} threads (the "
+                  "samplers idle during its update); the overlapped run and the stages alone take 1, so the "
+                  "synchronous update phase can beat the learner alone and its efficiency can pass what one thread "
+                  "allows.",
                   f"Overlapped, {stale_share:.0%} of the sampled groups aged past max_policy_lag and were dropped: "
                   "admission lets sampling run (1 + max_policy_lag) updates ahead, and when the learner is the "
                   "slowest stage the part beyond one update's worth goes stale; here that sampling only took CPU "

@@ -1,4 +1,4 @@
-"""The overlapped default against the synchronous schedule, trained for real: two `deploy.train.train` runs on
+"""The overlapped schedule against the synchronous one (the default), trained for real: two `deploy.train.train` runs on
 configs/tiny_cpu.yaml (same seed) with the stages measured alone in between. Both the overlap figures and the
 learning-speed curves come from these runs, so the bench pays for them once.
 """
