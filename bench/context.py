@@ -44,7 +44,7 @@ class BenchContext:
 
 @contextmanager
 def ray_session() -> Iterator[None]:
-    """A fresh local Ray with as many logical CPUs as the machine has (as `deploy.train.start_ray` does)."""
+    """A fresh local Ray with as many logical CPUs as the machine has (as `deploy.runtime.start_ray` does)."""
     ray.init(num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False)
     try:
         yield

@@ -20,7 +20,7 @@ from bench.context import BenchContext, ray_session
 from bench.paired import Spread, target
 from bench.report import spread_text
 from configs.schema import Config
-from deploy.train import start_reward
+from deploy.runtime import start_reward
 from learner.buffer import Buffer
 from learner.learner_group import LearnerGroup
 

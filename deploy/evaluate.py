@@ -21,7 +21,7 @@ from actors.scoring import GroupScorer
 from configs.load import ConfigError, load_config
 from configs.schema import Config
 from deploy.report import save_grid
-from deploy.train import start_ray, start_reward
+from deploy.runtime import start_ray, start_reward
 from learner.checkpoint import LORA_FILE, read_lora
 
 PROMPTS = Path("configs/prompts")

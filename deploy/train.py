@@ -1,17 +1,14 @@
 """Training driver and `ray job submit` entry point: `python -m deploy.train CONFIG [section.key=value ...]`.
 
-Builds reward servers, the GroupScorer, the LearnerGroup and the SamplerPool, then runs one loop:
+Builds the runtime (deploy/runtime.py: reward servers, GroupScorer, LearnerGroup, SamplerPool), then runs one loop:
 sample → score → buffer → update → broadcast weights → (evaluate, checkpoint).
 """
 
 from __future__ import annotations
 
-import asyncio
-import os
 import sys
 import time
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -19,44 +16,13 @@ import ray
 import torch
 from tqdm import tqdm
 
-from actors.evaluation import EvalResult, eval_groups, evaluate
-from actors.prompts import PromptSource, read_prompts
-from actors.sampler_pool import SamplerPool
-from actors.scoring import GroupScorer
+from actors.evaluation import EvalResult, evaluate
 from configs.load import ConfigError, dump_config, load_config
-from configs.schema import Config, RewardConfig
-from deploy.metrics import DriverMetrics, write_prometheus_targets
+from configs.schema import Config
+from deploy.metrics import DriverMetrics
 from deploy.report import RunDirectory
-from learner.buffer import Buffer
+from deploy.runtime import build, start_ray
 from learner.checkpoint import Progress, load_checkpoint, resolve_resume, save_checkpoint
-from learner.collector import Collector
-from learner.learner_group import LearnerGroup
-from reward_service.client import RewardClient
-from reward_service.replica import RewardReplica
-
-
-def start_ray(metrics_port: int | None = None) -> None:
-    if os.environ.get("RAY_ADDRESS"):  # an existing cluster (ray job submit sets this); it chose its metrics port
-        ray.init(address=os.environ["RAY_ADDRESS"])
-    else:  # Prometheus scrapes Ray's metrics agent (every actor's and the driver's metrics) on metrics_port
-        ray.init(num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=True,
-                 _metrics_export_port=metrics_port)
-
-
-def start_reward(cfg: RewardConfig, local: bool) -> tuple[list[str], list]:
-    """External servers from `reward.urls`, or `reward.replicas` servers started as Ray actors; health-checked."""
-    replicas = []
-    if cfg.replicas:
-        remote = ray.remote(RewardReplica).options(num_cpus=cfg.num_cpus, num_gpus=cfg.num_gpus,
-                                                   resources=dict(cfg.resources), max_restarts=3)
-        host = "127.0.0.1" if local else "0.0.0.0"
-        replicas = [remote.remote(list(cfg.weights), cfg.scorer_args, api_key=cfg.api_key, host=host)
-                    for _ in range(cfg.replicas)]
-        urls = ray.get([r.url.remote() for r in replicas], timeout=600)
-    else:
-        urls = list(cfg.urls)
-    asyncio.run(RewardClient(urls, api_key=cfg.api_key, timeout_s=cfg.timeout_s).check_health())
-    return urls, replicas
 
 
 @contextmanager
@@ -81,44 +47,6 @@ def train(cfg: Config) -> dict[str, EvalResult]:
     finally:
         for shutdown in reversed(started):
             shutdown()
-
-
-@dataclass
-class Runtime:
-    """Everything the loop drives, built once from the config."""
-
-    run: RunDirectory
-    scorer: ray.actor.ActorHandle
-    learner: LearnerGroup
-    pool: SamplerPool
-    prompts: PromptSource
-    buffer: Buffer
-    collector: Collector
-    held_out: list
-    bar: tqdm
-
-
-def build(cfg: Config, started: list) -> Runtime:
-    """Reward servers, GroupScorer, LearnerGroup, SamplerPool, prompts, Buffer; `started` collects shutdowns."""
-    run = RunDirectory(Path(cfg.run.output_dir) / cfg.run.name, dump_config(cfg))
-    local = not os.environ.get("RAY_ADDRESS")
-    urls, replicas = start_reward(cfg.reward, local=local)
-    write_prometheus_targets(Path(cfg.run.output_dir) / "prometheus_targets" / f"{cfg.run.name}.json", urls,
-                             own_ray=local)
-    scorer = ray.remote(GroupScorer).options(num_cpus=0, max_concurrency=64, max_restarts=3).remote(
-        cfg.reward, urls, replicas)
-    started.append(lambda: [ray.kill(actor) for actor in (scorer, *replicas)])
-    learner = LearnerGroup(cfg.policy, cfg.learner, seed=cfg.run.seed)
-    started.append(learner.shutdown)
-    pool = SamplerPool(cfg.policy, cfg.sampler, scorer, max_inflight=cfg.schedule.max_inflight)
-    started.append(pool.shutdown)
-    prompts = PromptSource(read_prompts(cfg.prompts.train), group_size=cfg.prompts.group_size, seed=cfg.prompts.seed)
-    buffer = Buffer(capacity=cfg.schedule.buffer_capacity, max_policy_lag=cfg.schedule.max_policy_lag,
-                    adv_clip_max=cfg.learner.adv_clip_max, global_std=cfg.learner.global_std)
-    bar = tqdm(total=cfg.run.num_updates, disable=not cfg.run.progress, dynamic_ncols=True, desc="NFT")
-    collector = Collector(pool, prompts, buffer, cfg.schedule, cfg.sampler, log=bar.write)
-    held_out = eval_groups(read_prompts(cfg.prompts.test), cfg.eval) if cfg.prompts.test else []
-    return Runtime(run, scorer, learner, pool, prompts, buffer, collector, held_out, bar)
 
 
 def run_training(cfg: Config, started: list) -> dict[str, EvalResult]:

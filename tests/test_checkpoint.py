@@ -94,7 +94,7 @@ def updates(run_dir) -> list[dict]:
 
 @pytest.mark.slow
 def test_stopped_and_resumed_run_equals_uninterrupted(local_ray, tiny_pipeline, tmp_path, monkeypatch):
-    import deploy.train
+    import deploy.runtime
     from deploy.train import train
 
     def config(name, *extra):
@@ -103,7 +103,7 @@ def test_stopped_and_resumed_run_equals_uninterrupted(local_ray, tiny_pipeline, 
 
     train(config("whole", "run.checkpoint_every=0"))
 
-    class CrashingLearnerGroup(deploy.train.LearnerGroup):
+    class CrashingLearnerGroup(deploy.runtime.LearnerGroup):
         """Dies at the 4th update, after the checkpoint of update 2 and the log line of update 3."""
 
         def update_async(self, batch):
@@ -112,7 +112,7 @@ def test_stopped_and_resumed_run_equals_uninterrupted(local_ray, tiny_pipeline, 
             return super().update_async(batch)
 
     with monkeypatch.context() as patch:
-        patch.setattr(deploy.train, "LearnerGroup", CrashingLearnerGroup)
+        patch.setattr(deploy.runtime, "LearnerGroup", CrashingLearnerGroup)
         with pytest.raises(RuntimeError, match="simulated crash"):
             train(config("cut", "run.checkpoint_every=2"))
     assert latest_checkpoint(tmp_path / "cut" / "checkpoints").name == "step_00002"

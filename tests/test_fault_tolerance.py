@@ -83,17 +83,18 @@ KILL_SAMPLER_AT, KILL_REPLICA_AT = 6, 10  # submissions: both land while earlier
 
 @pytest.mark.slow
 def test_killed_sampler_and_reward_replica(local_ray, tiny_pipeline, tmp_path, monkeypatch):
+    import deploy.runtime
     import deploy.train
 
     ray, seen = local_ray, {"replicas": [], "trained": [], "urls": []}
-    start_reward = deploy.train.start_reward
+    start_reward = deploy.runtime.start_reward
 
     def recording_start_reward(cfg, local):
         urls, replicas = start_reward(cfg, local)
         seen["replicas"], seen["urls"] = replicas, urls
         return urls, replicas
 
-    class KillingPool(deploy.train.SamplerPool):
+    class KillingPool(deploy.runtime.SamplerPool):
         def submit(self, groups):
             super().submit(groups)
             if self.seq == KILL_SAMPLER_AT:  # the call just submitted is queued or running on that actor
@@ -101,14 +102,14 @@ def test_killed_sampler_and_reward_replica(local_ray, tiny_pipeline, tmp_path, m
             if self.seq == KILL_REPLICA_AT:
                 ray.kill(seen["replicas"][0], no_restart=False)
 
-    class RecordingLearnerGroup(deploy.train.LearnerGroup):
+    class RecordingLearnerGroup(deploy.runtime.LearnerGroup):
         def update_async(self, batch):
             seen["trained"].extend(e.summary.index for e in batch.entries)
             return super().update_async(batch)
 
-    monkeypatch.setattr(deploy.train, "start_reward", recording_start_reward)
-    monkeypatch.setattr(deploy.train, "SamplerPool", KillingPool)
-    monkeypatch.setattr(deploy.train, "LearnerGroup", RecordingLearnerGroup)
+    monkeypatch.setattr(deploy.runtime, "start_reward", recording_start_reward)
+    monkeypatch.setattr(deploy.runtime, "SamplerPool", KillingPool)
+    monkeypatch.setattr(deploy.runtime, "LearnerGroup", RecordingLearnerGroup)
     cfg = load_config("configs/tiny_cpu.yaml", [f"policy.pretrained={tiny_pipeline}", f"run.output_dir={tmp_path}",
                                                 "run.name=faults", *FAULTS])
     deploy.train.train(cfg)

@@ -13,7 +13,7 @@ from actors.prompts import PromptGroup
 from actors.sampler_pool import SamplerPool
 from configs.load import load_config
 from configs.schema import RewardConfig
-from deploy.train import start_reward
+from deploy.runtime import start_reward
 from learner.learner_group import LearnerGroup
 from reward_service.client import RewardError
 
