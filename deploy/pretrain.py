@@ -36,6 +36,8 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--dataset-size", type=int, default=40000, help="captioned images rendered up front")
     parser.add_argument("--patch-size", type=int, default=4)
     parser.add_argument("--layers", type=int, default=4)
+    parser.add_argument("--heads", type=int, default=2, help="attention heads of 64 channels (width = 64 · heads)")
+    parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:N, or auto (cuda when there is one)")
     parser.add_argument("--init", default=None, help="continue from a saved tiny pipeline instead of random weights")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=2)
@@ -60,11 +62,22 @@ def make_dataset(args: argparse.Namespace, resolution: int) -> tuple[torch.Tenso
     return x0, captions[:args.dataset_size]  # x0: (N, 3, H, W) in [-1, 1]
 
 
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"--device {name}: this torch sees no CUDA device; pass --device cpu, or install a CUDA build "
+                         f"of torch (README, 'Install on a GPU machine')")
+    return device
+
+
 def main(argv: list[str] | None = None) -> Path:
     args = parse(argv)
+    device = resolve_device(args.device)
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
-    spec = TinySpec(patch_size=args.patch_size, num_layers=args.layers)
+    spec = TinySpec(patch_size=args.patch_size, num_layers=args.layers, num_attention_heads=args.heads)
     start = time.time()
     x0_all, captions = make_dataset(args, spec.resolution)
     print(f"rendered {len(captions)} captioned scenes in {time.time() - start:.0f}s")
@@ -77,7 +90,8 @@ def main(argv: list[str] | None = None) -> Path:
         tokenizer = build_tokenizer(list(VOCABULARY), spec.max_tokens)
         encoders = [build_text_encoder(tokenizer, spec, args.seed), build_text_encoder(tokenizer, spec, args.seed + 1)]
         transformer = build_transformer(spec, args.seed + 2)
-    modules = torch.nn.ModuleList([*encoders, transformer]).train()
+    modules = torch.nn.ModuleList([*encoders, transformer]).to(device).train()
+    print(f"pretraining {sum(p.numel() for p in modules.parameters()) / 1e6:.2f}M parameters on {device}")
     optimizer = torch.optim.AdamW(modules.parameters(), lr=args.lr, weight_decay=0.01)
     schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=args.lr, total_steps=args.steps, pct_start=0.05)
     ema = torch.optim.swa_utils.AveragedModel(
@@ -90,19 +104,21 @@ def main(argv: list[str] | None = None) -> Path:
         out = save_tiny_pipeline(args.out, tokenizer=tokenizer, text_encoder=saved[0], text_encoder_2=saved[1],
                                  transformer=saved[2], shift=spec.shift)
         (out / "pretrain.json").write_text(json.dumps(
-            {**vars(args), "steps_done": step + 1, "final_loss": smoothed_loss, "seconds": round(time.time() - start)},
+            {**vars(args), "device": str(device), "steps_done": step + 1, "final_loss": smoothed_loss,
+             "seconds": round(time.time() - start)},
             indent=2))
         return out
 
     for step in bar:
         index = torch.randint(len(captions), (args.batch_size,), generator=generator)
-        x0 = x0_all[index]  # (B, 3, H, W)
-        t = torch.sigmoid(torch.randn(args.batch_size, generator=generator))  # SD3's logit-normal timesteps
-        noise = torch.randn(x0.shape, generator=generator)
+        # Drawn on the CPU generator whatever the device, so a seed gives the same batches everywhere.
+        x0 = x0_all[index].to(device)  # (B, 3, H, W)
+        t = torch.sigmoid(torch.randn(args.batch_size, generator=generator)).to(device)  # SD3's logit-normal timesteps
+        noise = torch.randn(x0.shape, generator=generator).to(device)
         xt = (1 - t.view(-1, 1, 1, 1)) * x0 + t.view(-1, 1, 1, 1) * noise
         embeds, pooled = encode_prompts([captions[i] for i in index.tolist()], [tokenizer, tokenizer], encoders, None,
                                         joint_dim=transformer.config.joint_attention_dim, max_sequence_length=0,
-                                        device=torch.device("cpu"))
+                                        device=device)
         v = transformer(hidden_states=xt, timestep=1000 * t, encoder_hidden_states=embeds,
                         pooled_projections=pooled, return_dict=False)[0]
         loss = torch.nn.functional.mse_loss(v, noise - x0)

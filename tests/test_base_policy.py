@@ -4,6 +4,7 @@ deploy.pretrain writes a pipeline the same loader reads."""
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from actors.prompts import PromptGroup, read_prompts
 from actors.sampler import Sampler
@@ -48,3 +49,10 @@ def test_pretrain_writes_a_pipeline_the_policy_loader_reads(tmp_path):
     assert sampled.images.shape == (2, 32, 32, 3) and np.isfinite(sampled.x0.numpy()).all()
     record = (out / "pretrain.json").read_text()
     assert '"steps_done": 3' in record and '"ema": 0.999' in record
+
+
+def test_pretrain_on_a_missing_cuda_device_names_the_fix(tmp_path, monkeypatch):
+    monkeypatch.setattr(pretrain.torch.cuda, "is_available", lambda: False)
+    with pytest.raises(ValueError, match="--device cuda: this torch sees no CUDA device; pass --device cpu"):
+        pretrain.main(["--out", str(tmp_path / "base"), "--device", "cuda", "--steps", "1"])
+    assert pretrain.resolve_device("auto").type == "cpu"

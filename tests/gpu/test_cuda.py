@@ -37,3 +37,15 @@ def test_nft_step_on_cuda_bf16(tiny_pipeline):
     loss.backward()
     grads = [p.grad for p in policy.lora_parameters(THETA).values()]
     assert all(g is not None and torch.isfinite(g).all() for g in grads)
+
+
+def test_pretrain_on_cuda_writes_a_pipeline_that_loads_on_cpu(tmp_path):
+    from deploy import pretrain
+
+    out = pretrain.main(["--out", str(tmp_path / "base"), "--device", "cuda", "--steps", "3", "--batch-size", "4",
+                         "--dataset-size", "64", "--save-every", "0", "--heads", "3"])
+    assert '"device": "cuda"' in (out / "pretrain.json").read_text()
+    cfg = PolicyConfig(pretrained=str(out), resolution=32, lora=LoraConfig(rank=4, alpha=8))
+    sampler = Sampler(cfg, SamplerConfig(num_steps=4), device="cpu")
+    [group] = sampler.sample([PromptGroup(0, "a red circle", {}, (1, 2))])
+    assert group.images.shape == (2, 32, 32, 3) and torch.isfinite(group.x0).all()
