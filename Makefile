@@ -8,7 +8,7 @@ FIND    := $(if $(wildcard /opt/wheels),--find-links /opt/wheels,)
 CONFIG  ?= configs/tiny_cpu.yaml
 ARGS    ?=
 
-.PHONY: install run test test-fast lint bench reward pretrain evaluate prometheus clean
+.PHONY: install run reproduce test test-fast lint bench reward pretrain evaluate prometheus clean
 
 install: $(VENV)/.installed
 
@@ -21,6 +21,11 @@ $(VENV)/.installed: pyproject.toml
 
 run: install
 	$(BIN)/python -m deploy.train $(CONFIG) $(ARGS)
+
+# make run once per seed (0, 1, 2), then mean and spread, the learning curves and the stock-pipeline check:
+# bench/reproduce/results.md, results.json, learning.png
+reproduce: install
+	$(BIN)/python -m bench.reproduce --config $(CONFIG) $(ARGS)
 
 # Prometheus (Debian package) backs the dashboard test; installed here when apt is usable, else that test skips.
 prometheus:

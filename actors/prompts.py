@@ -13,6 +13,8 @@ from typing import Any
 
 import numpy as np
 
+TRAIN_SEED_LIMIT = 2**30  # training noise seeds are drawn below this; evaluation seeds start here (never trained on)
+
 
 @dataclass(frozen=True)
 class PromptRecord:
@@ -68,7 +70,7 @@ class PromptSource:
     def next_group(self) -> PromptGroup:
         index = self.position
         record = self._record(index)
-        seeds = np.random.default_rng([self.seed, index, 1]).integers(0, 2**31 - 1, self.group_size)
+        seeds = np.random.default_rng([self.seed, index, 1]).integers(0, TRAIN_SEED_LIMIT, self.group_size)
         self.position += 1
         return PromptGroup(index, record.prompt, record.metadata, tuple(int(s) for s in seeds))
 

@@ -1,5 +1,6 @@
-"""Learning speed: the held-out shapes strict score against update step and against training wall-clock, for the
-overlapped and the synchronous schedule (the two runs of bench.schedules), as learning_speed.png and JSON.
+"""Learning speed: the shapes strict score (in-distribution; held-out for runs without it) against update step and
+against training wall-clock, for the overlapped and the synchronous schedule (the two runs of bench.schedules), as
+learning_speed.png and JSON.
 Training wall-clock leaves out the evaluations themselves (they measure, they do not train).
 """
 
@@ -7,22 +8,26 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from actors.evaluation import HELD_OUT, IN_DISTRIBUTION
 from bench.context import BenchContext
 
 STRICT, PARTIAL = "shapes_strict", "shapes"
 
 
 def curve(records: list[dict]) -> list[dict]:
-    """One point per evaluation: step, training seconds (evaluation time removed), strict and partial score."""
+    """One point per evaluation of the headline set (in-distribution where the run has it, else held-out): step,
+    training seconds (evaluation time removed), strict and partial score."""
     updates = {r["step"]: r for r in records if r["kind"] == "update"}
-    evals = [r for r in records if r["kind"] == "eval"]
+    every = [r for r in records if r["kind"] == "eval"]
+    headline = IN_DISTRIBUTION if any(r.get("set") == IN_DISTRIBUTION for r in every) else HELD_OUT
+    evals = [r for r in every if r.get("set", HELD_OUT) == headline]
     points, eval_seconds = [], 0.0
-    start = evals[0]["elapsed_s"]  # after the evaluation at step 0: training starts here
+    start = max(r["elapsed_s"] for r in every if r["step"] == 0)  # after the evaluations at step 0
     for e in evals:
         if e["step"] > 0:
             done = updates[e["step"]]["elapsed_s"]  # the update this evaluation follows
             train_s = done - start - eval_seconds
-            eval_seconds += e["elapsed_s"] - done
+            eval_seconds += max(r["elapsed_s"] for r in every if r["step"] == e["step"]) - done
         else:
             train_s = 0.0
         points.append({"step": e["step"], "train_s": round(train_s, 2), "strict": e["means"][STRICT],
@@ -43,7 +48,7 @@ def plot(path: Path, curves: dict[str, list[dict]], title: str) -> Path:
     axes[0].set_xlabel("update step")
     axes[0].xaxis.get_major_locator().set_params(integer=True)
     axes[1].set_xlabel("training wall-clock (s, evaluations excluded)")
-    axes[0].set_ylabel("held-out shapes strict score")
+    axes[0].set_ylabel("shapes strict score (in-distribution)")
     for ax in axes:
         ax.grid(alpha=0.3)
         ax.legend(loc="lower right")

@@ -121,8 +121,11 @@ class EvalConfig(Section):
     every: int = Field(10, ge=0, description="evaluate every this many updates (0 = only at start and end)")
     num_steps: int = Field(40, ge=1, description="solver steps at evaluation")
     solver: Literal["euler", "dpm2", "unipc"] = Field("dpm2", description="ODE solver at evaluation")
-    num_prompts: int = Field(0, ge=0, description="held-out prompts evaluated (0 = all)")
-    images_per_prompt: int = Field(1, ge=1, description="images per held-out prompt")
+    num_prompts: int = Field(0, ge=0, description="prompt rows evaluated per set, the first of each file (0 = all)")
+    images_per_prompt: int = Field(1, ge=1, le=1000, description="images per row of the held-out set (prompts.test)")
+    in_distribution_images_per_prompt: int = Field(
+        0, ge=0, le=1000, description="images per row of the in-distribution set: the training prompts at "
+        "evaluation seeds, which training never draws (0 = no in-distribution set)")
     use_ema: bool = Field(False, description="evaluate the EMA of θ instead of θ")
     guidance_scale: float = Field(1.0, ge=1.0, description="classifier-free guidance at evaluation")
 

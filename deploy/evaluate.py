@@ -30,7 +30,8 @@ DATASETS = {  # dataset -> (prompt file, default scorer): the reference's evalua
     "ocr": ("ocr_test.txt", "ocr"),
     "pickscore": ("pickscore_test.txt", "pickscore"),
     "drawbench": ("drawbench_test.txt", "pickscore"),
-    "shapes": ("shapes_test.jsonl", "shapes"),
+    "shapes": ("shapes_test.jsonl", "shapes"),  # held-out meanings
+    "shapes_train": ("shapes_train.jsonl", "shapes"),  # in-distribution: the training prompts at evaluation seeds
 }
 DEFAULT_CONFIG = "configs/tiny_cpu.yaml"
 GRID_IMAGES = 64  # the grid shows the first prompts; metrics.json covers all
@@ -48,6 +49,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--guidance-scale", type=float, help="classifier-free guidance (default: eval.guidance_scale)")
     parser.add_argument("--num-steps", type=int, help="solver steps (default: eval.num_steps)")
     parser.add_argument("--num-prompts", type=int, help="evaluate the first N prompts (default: all)")
+    parser.add_argument("--images-per-prompt", type=int, help="images per prompt (default: eval.images_per_prompt)")
     parser.add_argument("--reward-url", action="append", default=[], help="a running reward server (repeatable); "
                         "default: start reward.replicas servers as Ray actors")
     parser.add_argument("--out", help="output folder (default: <checkpoint>/eval_<dataset>, else runs/eval/...)")
@@ -85,7 +87,8 @@ def build_config(args: argparse.Namespace, lora_source: str | None, run_config: 
         overrides += [f"policy.lora.rank={lora.rank}", f"policy.lora.alpha={lora.alpha}",
                       f"policy.lora.target_modules={json.dumps(list(lora.target_modules))}"]
     options = {"policy.pretrained": args.policy, "eval.guidance_scale": args.guidance_scale,
-               "eval.num_steps": args.num_steps, "eval.num_prompts": args.num_prompts}
+               "eval.num_steps": args.num_steps, "eval.num_prompts": args.num_prompts,
+               "eval.images_per_prompt": args.images_per_prompt}
     overrides += [f"{key}={value}" for key, value in options.items() if value is not None]
     if args.reward_url:
         overrides += ["reward.replicas=0", f"reward.urls={json.dumps(args.reward_url)}"]
@@ -99,8 +102,10 @@ def run_evaluation(cfg: Config, weights: dict | None, version: int) -> EvalResul
     pool = None
     try:
         pool = SamplerPool(cfg.policy, cfg.sampler, scorer, max_inflight=1)
-        groups = eval_groups(read_prompts(cfg.prompts.test), cfg.eval)
-        return evaluate(pool, scorer, groups, ray.put(weights) if weights is not None else None, version, cfg.eval)
+        groups = eval_groups(read_prompts(cfg.prompts.test), images_per_prompt=cfg.eval.images_per_prompt,
+                             num_prompts=cfg.eval.num_prompts)
+        return evaluate(pool, scorer, groups, ray.put(weights) if weights is not None else None, version, cfg.eval,
+                        name=cfg.prompts.test)
     finally:
         if pool is not None:
             pool.shutdown()
@@ -115,7 +120,8 @@ def write_report(out: Path, result: EvalResult, cfg: Config, args: argparse.Name
               "num_prompts": len(result.captions) + result.failed_groups,
               "images_per_prompt": cfg.eval.images_per_prompt, "solver": cfg.eval.solver,
               "num_steps": cfg.eval.num_steps, "guidance_scale": cfg.eval.guidance_scale,
-              "means": result.means, "per_tag": result.per_tag, "failed_groups": result.failed_groups}
+              "means": result.means, "intervals95": result.intervals, "images": result.num_images,
+              "per_tag": result.per_tag, "failed_groups": result.failed_groups}
     (out / "metrics.json").write_text(json.dumps(report, indent=2) + "\n")
     save_grid(out / "grid.png", result.images[:GRID_IMAGES], result.captions[:GRID_IMAGES])
     return report
@@ -139,7 +145,8 @@ def main(argv: list[str] | None = None) -> int:
         start_ray()
     result = run_evaluation(cfg, weights, version)
     report = write_report(out, result, cfg, args)
-    print(json.dumps({"means": report["means"], "failed_groups": report["failed_groups"]}))
+    print(json.dumps({"means": report["means"], "intervals95": report["intervals95"],
+                      "failed_groups": report["failed_groups"]}))
     return 0
 
 

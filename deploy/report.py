@@ -1,5 +1,6 @@
 """What a person sees of a run: the run directory with the resolved config, a JSONL metrics log, sample grids
-with prompts and rewards, and a reward-curve PNG (train reward and held-out score vs step and wall-clock).
+with prompts and rewards, and a reward-curve PNG (train reward and each evaluation set's score vs step and
+wall-clock).
 """
 
 from __future__ import annotations
@@ -38,15 +39,19 @@ def save_curves(path: str | Path, records: list[dict[str, Any]], *, train_key: s
     import matplotlib.pyplot as plt
 
     train = [r for r in records if r.get("kind") == "update"]
-    test = [r for r in records if r.get("kind") == "eval" and test_key in r.get("means", {})]
+    sets: dict[str, list[dict[str, Any]]] = {}  # evaluation set -> its evaluations
+    for r in records:
+        if r.get("kind") == "eval" and test_key in r.get("means", {}):
+            sets.setdefault(r.get("set", "held-out"), []).append(r)
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
     for ax, x_key, label in [(axes[0], "step", "update"), (axes[1], "elapsed_s", "wall-clock (s)")]:
         if train:
             ax.plot([r[x_key] for r in train], [r[train_key] for r in train], ".-", alpha=0.6,
                     label=f"train reward ({train_key})")
-        if test:
-            ax.plot([r[x_key] for r in test], [r["means"][test_key] for r in test], "o-", lw=2,
-                    label=f"held-out {test_key}")
+        for name, test in sets.items():
+            ax.errorbar([r[x_key] for r in test], [r["means"][test_key] for r in test],
+                        yerr=[r.get("intervals", {}).get(test_key, 0.0) for r in test], fmt="o-", lw=2,
+                        capsize=3, label=f"{name} {test_key} (95% interval)")
         ax.set_xlabel(label)
         ax.grid(alpha=0.3)
         ax.legend(loc="lower right")

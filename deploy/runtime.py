@@ -11,8 +11,8 @@ from pathlib import Path
 import ray
 from tqdm import tqdm
 
-from actors.evaluation import eval_groups
-from actors.prompts import PromptSource, read_prompts
+from actors.evaluation import HELD_OUT, IN_DISTRIBUTION, eval_groups
+from actors.prompts import PromptGroup, PromptSource, read_prompts
 from actors.sampler_pool import SamplerPool
 from actors.scoring import GroupScorer
 from configs.load import dump_config
@@ -61,7 +61,7 @@ class Runtime:
     prompts: PromptSource
     buffer: Buffer
     collector: Collector
-    held_out: list
+    eval_sets: dict[str, list]  # set name -> prompt groups at evaluation seeds
     bar: tqdm
 
 
@@ -84,5 +84,16 @@ def build(cfg: Config, started: list) -> Runtime:
                     adv_clip_max=cfg.learner.adv_clip_max, global_std=cfg.learner.global_std)
     bar = tqdm(total=cfg.run.num_updates, disable=not cfg.run.progress, dynamic_ncols=True, desc="NFT")
     collector = Collector(pool, prompts, buffer, cfg.schedule, cfg.sampler, log=bar.write)
-    held_out = eval_groups(read_prompts(cfg.prompts.test), cfg.eval) if cfg.prompts.test else []
-    return Runtime(run, scorer, learner, pool, prompts, buffer, collector, held_out, bar)
+    return Runtime(run, scorer, learner, pool, prompts, buffer, collector, eval_sets(cfg), bar)
+
+
+def eval_sets(cfg: Config) -> dict[str, list[PromptGroup]]:
+    """The evaluation sets of a run: in-distribution (training prompts at evaluation seeds) and held-out."""
+    sets = {}
+    if cfg.eval.in_distribution_images_per_prompt:
+        sets[IN_DISTRIBUTION] = eval_groups(read_prompts(cfg.prompts.train), num_prompts=cfg.eval.num_prompts,
+                                            images_per_prompt=cfg.eval.in_distribution_images_per_prompt)
+    if cfg.prompts.test:
+        sets[HELD_OUT] = eval_groups(read_prompts(cfg.prompts.test), num_prompts=cfg.eval.num_prompts,
+                                     images_per_prompt=cfg.eval.images_per_prompt)
+    return sets

@@ -16,7 +16,7 @@ import ray
 import torch
 from tqdm import tqdm
 
-from actors.evaluation import EvalResult, evaluate
+from actors.evaluation import HELD_OUT, IN_DISTRIBUTION, EvalResult, evaluate, summary
 from configs.load import ConfigError, dump_config, load_config
 from configs.schema import Config
 from deploy.metrics import DriverMetrics
@@ -32,15 +32,32 @@ def timer(times: dict[str, float], name: str):
     times[name] = time.perf_counter() - start
 
 
+Evaluations = dict[str, EvalResult]  # evaluation set -> its result
+GRID_ROWS = 64  # evaluation grids show the first rows of a set (the first image of each); the metrics cover all
+
+
+def before_after(run: RunDirectory, before: Evaluations, after: Evaluations, rows: int = 32) -> None:
+    """`before_after_<set>.png`: the same rows and noise seeds drawn by the base and by the final θ, side by side."""
+    for name, result in after.items():
+        first = before[name]
+        n = min(rows, len(first.images), len(result.images))
+        images = np.stack([image for pair in zip(first.images[:n], result.images[:n], strict=True) for image in pair])
+        captions = [f"{label}: {c}" for pair in zip(first.captions[:n], result.captions[:n], strict=True)
+                    for label, c in zip(("base", "after"), pair, strict=True)]
+        run.grid(f"before_after_{name}", images, captions)
+
+
 def log_eval(run: RunDirectory, step: int, result: EvalResult, bar: tqdm) -> None:
-    run.log("eval", step, version=result.version, means=result.means, per_tag=result.per_tag,
-            failed_groups=result.failed_groups)
-    run.grid(f"eval_{step:05d}", result.images, result.captions)
-    bar.write(f"[eval @ update {step}] " + ", ".join(f"{k} {v:.3f}" for k, v in result.means.items()))
+    run.log("eval", step, set=result.name, version=result.version, means=result.means, intervals=result.intervals,
+            per_tag=result.per_tag, images=result.num_images, failed_groups=result.failed_groups)
+    run.grid(f"eval_{result.name}_{step:05d}", result.images[:GRID_ROWS], result.captions[:GRID_ROWS])
+    bar.write(f"[eval @ update {step}] {result.name} ({result.num_images} images): " + ", ".join(
+        f"{k} {v:.3f} ± {result.intervals[k]:.3f}" for k, v in result.means.items()))
 
 
-def train(cfg: Config) -> dict[str, EvalResult]:
-    """Train (or resume) as `cfg` says; the actors the run started are stopped when it returns or fails."""
+def train(cfg: Config) -> dict[str, Evaluations | None]:
+    """Train (or resume) as `cfg` says; returns the evaluations {"before": ..., "after": ...} by set (before is None
+    for a resumed run). The actors the run started are stopped when it returns or fails."""
     started: list = []  # their shutdown callables, in start order
     try:
         return run_training(cfg, started)
@@ -49,7 +66,7 @@ def train(cfg: Config) -> dict[str, EvalResult]:
             shutdown()
 
 
-def run_training(cfg: Config, started: list) -> dict[str, EvalResult]:
+def run_training(cfg: Config, started: list) -> dict[str, Evaluations | None]:
     resume = resolve_resume(cfg.run.resume, Path(cfg.run.output_dir) / cfg.run.name / "checkpoints")
     torch.manual_seed(cfg.run.seed)
     np.random.seed(cfg.run.seed)
@@ -58,12 +75,15 @@ def run_training(cfg: Config, started: list) -> dict[str, EvalResult]:
                                                            rt.collector, rt.bar)
     eval_weights = "ema" if cfg.eval.use_ema else "theta"
 
-    def run_eval(step: int) -> EvalResult | None:
-        if not rt.held_out:
+    def run_eval(step: int) -> Evaluations | None:
+        if not rt.eval_sets:
             return None
-        result = evaluate(pool, scorer, rt.held_out, learner.weights_async(eval_weights), step, cfg.eval)
-        log_eval(run, step, result, bar)
-        return result
+        weights = learner.weights_async(eval_weights)
+        results = {}
+        for name, groups in rt.eval_sets.items():
+            results[name] = evaluate(pool, scorer, groups, weights, step, cfg.eval, name=name)
+            log_eval(run, step, results[name], bar)
+        return results
 
     driver_metrics = DriverMetrics()
     progress = Progress(step=0, version=0)
@@ -89,6 +109,7 @@ def run_training(cfg: Config, started: list) -> dict[str, EvalResult]:
         lag = version - 1 - min(batch.policy_versions)
         driver_metrics.updated(version, lag, batch, times, buffer, pool)
         record = run.log("update", step, version=version, reward=float(batch.rewards.mean()), policy_lag=lag,
+                         images_sampled=collector.sampled_images,
                          images_per_s=collector.sampled_images / max(time.time() - run.start, 1e-9),
                          **metrics, **times, **vars(buffer.counts), **pool.counts(), **ray.get(scorer.counts.remote()))
         bar.update(1)
@@ -110,10 +131,17 @@ def run_training(cfg: Config, started: list) -> dict[str, EvalResult]:
     bar.close()
     run.log("final", cfg.run.num_updates, version=version, learner_checksums=learner.checksums(),
             resubmitted_groups=pool.resubmitted_groups, **vars(buffer.counts))
-    train_key = next(iter(cfg.reward.weights))
-    run.curves(train_key="reward", test_key=f"{train_key}_strict" if results["after"] and
-               f"{train_key}_strict" in results["after"].means else train_key)
+    run.curves(train_key="reward", test_key=headline_key(cfg, results["after"]))
+    if results["before"] and results["after"]:
+        before_after(run, results["before"], results["after"])
     return results
+
+
+def headline_key(cfg: Config, evaluations: Evaluations | None) -> str:
+    """The score curves and summaries lead with: GenEval's strict score where the scorer reports one."""
+    name = next(iter(cfg.reward.weights))
+    means = next(iter(evaluations.values())).means if evaluations else {}
+    return f"{name}_strict" if f"{name}_strict" in means else name
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -129,9 +157,15 @@ def main(argv: list[str] | None = None) -> int:
     print("resolved config:\n" + dump_config(cfg))
     start_ray(cfg.run.metrics_port)
     results = train(cfg)
-    if results["before"] and results["after"]:
-        for key in results["after"].means:
-            print(f"held-out {key}: {results['before'].means[key]:.3f} -> {results['after'].means[key]:.3f}")
+    before, after = results["before"], results["after"]
+    if before and after:  # the headline key last, in-distribution first: the run's last lines
+        headline = headline_key(cfg, after)
+        keys = [k for k in next(iter(after.values())).means if k != headline] + [headline]
+        print("95% intervals over the evaluation images; before = the base policy, after = θ at the last update")
+        for key in keys:
+            for name in (IN_DISTRIBUTION, HELD_OUT):
+                if name in after and key in after[name].means:
+                    print(summary(before[name], after[name], key))
     return 0
 
 

@@ -74,7 +74,9 @@ def test_evaluate_matches_the_runs_own_evaluations(local_ray, tiny_pipeline, tmp
 
     after = json.loads((run_dir / "checkpoints" / "step_00002" / "eval_shapes" / "metrics.json").read_text())
     before = json.loads((tmp_path / "base" / "metrics.json").read_text())
-    assert after["means"] == results["after"].means and before["means"] == results["before"].means
+    assert after["means"] == results["after"]["held-out"].means
+    assert before["means"] == results["before"]["held-out"].means
+    assert after["intervals95"] == results["after"]["held-out"].intervals
     assert after["means"] != before["means"]  # training moved θ, so the two evaluations test different weights
     assert after["version"] == 2 and after["num_prompts"] == 4 and after["failed_groups"] == 0
     tags = {json.loads(line)["tag"] for line in open("configs/prompts/shapes_test.jsonl").readlines()[:4]}

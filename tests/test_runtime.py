@@ -25,7 +25,8 @@ def run(tiny_pipeline, tmp_path, name, *extra):
 
 def test_two_ranks_two_samplers_two_replicas(local_ray, tiny_pipeline, tmp_path):
     cfg, results, records = run(tiny_pipeline, tmp_path, "overlap", "run.num_updates=3", "learner.num_ranks=2",
-                                "learner.num_cpus=0.5", "sampler.num_actors=2", "reward.replicas=2")
+                                "learner.num_cpus=0.5", "sampler.num_actors=2", "reward.replicas=2",
+                                "eval.images_per_prompt=1", "eval.in_distribution_images_per_prompt=2")
     updates = [r for r in records if r["kind"] == "update"]
     assert [r["step"] for r in updates] == [1, 2, 3] and [r["version"] for r in updates] == [1, 2, 3]
     assert all(r["policy_lag"] <= cfg.schedule.max_policy_lag for r in updates)
@@ -33,10 +34,17 @@ def test_two_ranks_two_samplers_two_replicas(local_ray, tiny_pipeline, tmp_path)
     final = next(r for r in records if r["kind"] == "final")
     assert len(set(final["learner_checksums"])) == 1, final["learner_checksums"]  # DDP kept the ranks identical
     assert final["failed_groups"] == 0
-    assert results["before"].means.keys() >= {"shapes", "shapes_strict"} and results["after"].version == 3
+    assert set(results["before"]) == set(results["after"]) == {"in-distribution", "held-out"}
+    for name, result in results["after"].items():
+        assert result.means.keys() >= {"shapes", "shapes_strict"} and result.version == 3 and result.name == name
+        assert result.num_images == 4 * (1 if name == "held-out" else 2)  # eval.num_prompts rows of each set
+        assert all(0 <= result.intervals[k] < 1 for k in result.means)
     run_dir = tmp_path / "overlap"
     assert (run_dir / "curves.png").is_file() and (run_dir / "grids" / "train_00002.png").is_file()
-    assert (run_dir / "grids" / "eval_00000.png").is_file() and (run_dir / "config.yaml").is_file()
+    assert (run_dir / "grids" / "eval_held-out_00000.png").is_file() and (run_dir / "config.yaml").is_file()
+    assert (run_dir / "grids" / "eval_in-distribution_00003.png").is_file()
+    evals = [(r["step"], r["set"]) for r in records if r["kind"] == "eval"]
+    assert evals == [(0, "in-distribution"), (0, "held-out"), (3, "in-distribution"), (3, "held-out")]
 
 
 def test_synchronous_schedule_is_deterministic(local_ray, tiny_pipeline, tmp_path):

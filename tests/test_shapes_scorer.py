@@ -139,6 +139,22 @@ def test_build_scorer_finds_the_shapes_scorer_and_parses_string_options():
     assert isinstance(scorer, ShapesScorer) and scorer.name == "shapes" and scorer.color_threshold == 70.0
 
 
+def test_shapes_strict_trains_on_the_strict_score_and_reports_both(test_records):
+    from reward_service.scorers.shapes_strict import ShapesStrictScorer
+
+    strict_scorer = build_scorer("shapes_strict", position_margin="0.1")
+    assert isinstance(strict_scorer, ShapesStrictScorer) and strict_scorer.name == "shapes_strict"
+    assert strict_scorer.position_margin == 0.1
+    rng = np.random.default_rng(2)
+    records = test_records[:12]
+    images = [render_metadata(records[(i + 1) % 12] if i % 2 else record, rng) for i, record in enumerate(records)]
+    ours, plain = score(strict_scorer, images, records), score(ShapesScorer(position_margin=0.1), images, records)
+    assert ours == plain  # same detector and verdicts; only the name (the training key) differs
+    assert set(ours["shapes_strict"]) == {0.0, 1.0} and ours["shapes"] != ours["shapes_strict"]
+    with pytest.raises(ValueError, match="unknown shapes scorer option"):
+        build_scorer("shapes_strict", margin="1")
+
+
 GOOD = {"tag": "colors", "include": [{"class": "circle", "count": 1, "color": "red"}],
         "prompt": "a photo of a red circle"}
 BAD_INPUT = {

@@ -17,6 +17,7 @@ Scores = dict[str, list[float | None]]
 # name -> module under reward_service.scorers exposing `build(**options) -> Scorer`; heavy imports stay inside.
 SCORER_MODULES = {
     "shapes": "shapes",
+    "shapes_strict": "shapes_strict",
     "jpeg_compressibility": "jpeg",
     "ocr": "ocr",
     "pickscore": "pickscore",

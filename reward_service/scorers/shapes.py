@@ -258,6 +258,11 @@ class ShapesScorer:
 def build(**options: Any) -> ShapesScorer:
     """Options may arrive as strings (reward.scorer_args in the config): color_threshold, min_area_fraction,
     position_margin."""
+    return ShapesScorer(**build_options(options))
+
+
+def build_options(options: dict[str, Any]) -> dict[str, float]:
+    """The scorer's keyword arguments from config options (strings allowed); unknown names are errors."""
     known = ("color_threshold", "min_area_fraction", "position_margin")
     unknown = sorted(set(options) - set(known))
     if unknown:
@@ -266,4 +271,4 @@ def build(**options: Any) -> ShapesScorer:
         values = {key: float(value) for key, value in options.items()}
     except (TypeError, ValueError) as error:
         raise ValueError(f"shapes scorer options must be numbers: {error}") from None
-    return ShapesScorer(**values)
+    return values
