@@ -164,7 +164,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", default="bench/reproduce", help="where results.json, results.md, learning.png go")
     parser.add_argument("--runs", default="runs", help="parent of the run directories (reproduce_seed<N>)")
     parser.add_argument("--report-only", action="store_true", help="summarise existing runs, train nothing")
-    parser.add_argument("--stock-steps", type=int, default=40, help="Euler steps of the stock-pipeline check of "
+    parser.add_argument("--stock-steps", type=int, default=20, help="Euler steps of the stock-pipeline check of "
                         "each seed's final θ (bench.stock_pipeline; 0: skip it)")
     parser.add_argument("overrides", nargs="*", help="config overrides applied to every seed, e.g. run.num_updates=50")
     args = parser.parse_args(argv)
