@@ -1,6 +1,6 @@
 """The DiffusionNFT objective as pure tensor functions (buffer → advantages → r; learner → loss; θ_old schedule).
 
-Objective (NFT_SPEC §3–§5). Rewards R are normalised per prompt group: A = (R − group mean) / (std + 1e-4),
+Objective (docs/algorithm.md). Rewards R are normalised per prompt group: A = (R − group mean) / (std + 1e-4),
 with the std taken over all rewards passed in (or per group). The optimality r = clip(A, −m, m)/m/2 + 1/2 with
 m = adv_clip_max lies in [0, 1]: 1 clearly better than its group, 0 clearly worse. On a clean sample x0 noised
 to xt = (1 − t)·x0 + t·ε, the trained velocity v_theta and the sampling policy's v_old (no gradient) define an
@@ -71,7 +71,9 @@ def nft_loss(
     kl_coef: float,
     adv_clip_max: float,
 ) -> tuple[Tensor, dict[str, Tensor]]:
-    """The NFT loss of NFT_SPEC §4 on one batch at one timestep per sample; returns (scalar loss, metrics).
+    """The NFT loss on one batch at one timestep per sample; returns (scalar loss, metrics).
+
+    Step by step in docs/algorithm.md, 'The loss'.
 
     v_theta, v_old, v_ref, x0, xt: (B, C, H, W) (any trailing shape); t, r: (B,) with t in (0, 1].
     Metrics are detached: loss, policy_loss, positive_loss, negative_loss, kl, old_deviation.

@@ -289,7 +289,10 @@ def _score_endpoint(batchers: dict[str, BatchingScorer], metrics: ServerMetrics,
 def create_app(scorers: dict[str, Scorer], *, api_key: str | None = None,
                max_body_bytes: int = DEFAULT_MAX_BODY_BYTES, max_batch: int = DEFAULT_MAX_BATCH,
                max_image_side: int = DEFAULT_MAX_IMAGE_SIDE) -> FastAPI:
-    """The reward API of ARCHITECTURE.md: POST /v1/score, GET /v1/scorers, /healthz, /metrics, OpenAPI at /docs."""
+    """The reward API: POST /v1/score, GET /v1/scorers, /healthz, /metrics, OpenAPI at /docs.
+
+    Protocol in docs/architecture.md, 'Reward-server HTTP protocol'.
+    """
     if not scorers:
         raise ValueError("create_app needs at least one scorer, e.g. {'jpeg_compressibility': jpeg.build()}")
     metrics = ServerMetrics()

@@ -1,5 +1,6 @@
-"""Aesthetic reward (NFT_SPEC §7): LAION's improved aesthetic predictor, an MLP on the L2-normalised CLIP ViT-L/14
+"""Aesthetic reward: LAION's improved aesthetic predictor, an MLP on the L2-normalised CLIP ViT-L/14
 image embedding (`sac+logos+ava1-l14-linearMSE.pth`); scores run roughly 1-10. The prompt is not used.
+Catalogue of scorers: docs/architecture.md, 'Reward scorers'.
 """
 
 from __future__ import annotations

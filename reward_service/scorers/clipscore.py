@@ -1,6 +1,7 @@
-"""CLIPScore reward (NFT_SPEC §7): CLIP's `logits_per_image` diagonal (logit_scale · cos(text, image)) / 100.
+"""CLIPScore reward: CLIP's `logits_per_image` diagonal (logit_scale · cos(text, image)) / 100.
 
 `ClipSimilarity` is the whole computation; PickScore (pickscore.py) is the same with its own checkpoint and /26.
+Catalogue of scorers: docs/architecture.md, 'Reward scorers'.
 """
 
 from __future__ import annotations

@@ -1,6 +1,7 @@
-"""GenEval reward (NFT_SPEC §7): Mask2Former (Swin-S, COCO instances) finds the objects, CLIP names their colours, and
+"""GenEval reward: Mask2Former (Swin-S, COCO instances) finds the objects, CLIP names their colours, and
 the prompt's GenEval metadata (counts, colours, positions) is checked. `geneval` is the dense partial score used for
 training, `geneval_strict` GenEval's own 0/1 verdict (reported). The reference runs the same detector in mmdetection.
+Catalogue of scorers: docs/architecture.md, 'Reward scorers'.
 """
 
 from __future__ import annotations

@@ -1,5 +1,6 @@
-"""HPSv2.1 reward (NFT_SPEC §7): open_clip ViT-H-14 with the HPS_v2.1 weights; score = image · text of the normalised
+"""HPSv2.1 reward: open_clip ViT-H-14 with the HPS_v2.1 weights; score = image · text of the normalised
 features (their cosine). Needs the hpsv2 extra (open_clip_torch, which needs torchvision).
+Catalogue of scorers: docs/architecture.md, 'Reward scorers'.
 """
 
 from __future__ import annotations

@@ -1,6 +1,7 @@
-"""ImageReward reward (NFT_SPEC §7): THUDM's ImageReward-v1.0 (BLIP ViT-L + MLP head) through the `image-reward`
+"""ImageReward reward: THUDM's ImageReward-v1.0 (BLIP ViT-L + MLP head) through the `image-reward`
 package; score = its normalised reward per (prompt, image). image-reward 1.5 imports helpers that transformers 5
 removed and pins timm 0.6.13, so it runs in a reward server of its own environment (see the imagereward extra).
+Catalogue of scorers: docs/architecture.md, 'Reward scorers'.
 """
 
 from __future__ import annotations

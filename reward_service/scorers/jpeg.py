@@ -1,6 +1,7 @@
-"""JPEG compressibility reward of the reference (NFT_SPEC §7): score = −kB/500, kB = JPEG bytes at quality 95 / 1000.
+"""JPEG compressibility reward (as the reference computes it): score = −kB/500, kB = JPEG bytes at quality 95 / 1000.
 
 Needs no model, so it is the offline scorer of the reward-service tests.
+Catalogue of scorers: docs/architecture.md, 'Reward scorers'.
 """
 
 from __future__ import annotations

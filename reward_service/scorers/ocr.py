@@ -1,6 +1,7 @@
-"""OCR reward (NFT_SPEC §7): how well the image spells the prompt's quoted text, read with PP-OCR through rapidocr.
+"""OCR reward: how well the image spells the prompt's quoted text, read with PP-OCR through rapidocr.
 
 score = 1 − min(Levenshtein(recognised, target), len(target)) / len(target), 1 when target ⊂ recognised.
+Catalogue of scorers: docs/architecture.md, 'Reward scorers'.
 """
 
 from __future__ import annotations

@@ -1,6 +1,7 @@
-"""PickScore reward (NFT_SPEC §7): the PickScore_v1 CLIP-H fine-tune, logit_scale · cos(text, image) / 26.
+"""PickScore reward: the PickScore_v1 CLIP-H fine-tune, logit_scale · cos(text, image) / 26.
 
 The computation is CLIPScore's (clipscore.ClipSimilarity); only the checkpoint, processor and divisor differ.
+Catalogue of scorers: docs/architecture.md, 'Reward scorers'.
 """
 
 from __future__ import annotations

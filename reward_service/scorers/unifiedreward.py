@@ -1,6 +1,7 @@
-"""UnifiedReward (NFT_SPEC §7): a VLM served by sglang rates each image 1-5 through the OpenAI-compatible chat API;
+"""UnifiedReward: a VLM served by sglang rates each image 1-5 through the OpenAI-compatible chat API;
 score = the number after "Final Score:" / 5. An unparsable answer or a request that keeps failing gives None (a
 failure counted upstream, never a default score). deploy/sglang/launch_unifiedreward.sh starts the server.
+Catalogue of scorers: docs/architecture.md, 'Reward scorers'.
 """
 
 from __future__ import annotations
