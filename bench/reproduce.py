@@ -99,7 +99,7 @@ def plot(path: Path, summary: dict, title: str) -> Path:
     axes[0].set_ylabel(f"{summary['key']} (band: range over seeds)")
     for ax in axes:
         ax.grid(alpha=0.3)
-        ax.legend(loc="lower right")
+        ax.legend(loc="best", fontsize=8, framealpha=0.7)
     fig.suptitle(title, fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=100)

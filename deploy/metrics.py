@@ -33,6 +33,16 @@ class DriverMetrics:
                                 "sampler_restarts, dead_samplers)", tag_keys=("kind",))
         self.phase_seconds = HeldGauge("nft_driver_phase_seconds", "seconds of each driver loop phase, last update",
                                        tag_keys=("phase",))
+        self.eval_score = HeldGauge("nft_eval_score", "mean score of the last evaluation, per evaluation set "
+                                    "(in-distribution, held-out) and score key", tag_keys=("set", "key"))
+        self.eval_interval = HeldGauge("nft_eval_interval95", "half-width of the 95% interval of nft_eval_score",
+                                       tag_keys=("set", "key"))
+
+    def evaluated(self, name: str, means: dict[str, float], intervals: dict[str, float]) -> None:
+        for key, value in means.items():
+            self.eval_score.set(value, tags={"set": name, "key": key})
+            if math.isfinite(intervals.get(key, math.nan)):
+                self.eval_interval.set(intervals[key], tags={"set": name, "key": key})
 
     def updated(self, version: int, lag: int, batch: Batch, times: dict[str, float], buffer: Buffer,
                 pool: SamplerPool) -> None:

@@ -54,7 +54,7 @@ def save_curves(path: str | Path, records: list[dict[str, Any]], *, train_key: s
                         capsize=3, label=f"{name} {test_key} (95% interval)")
         ax.set_xlabel(label)
         ax.grid(alpha=0.3)
-        ax.legend(loc="lower right")
+        ax.legend(loc="best", fontsize=8, framealpha=0.7)
     axes[0].set_ylabel("score")
     fig.suptitle("DiffusionNFT: reward during training")
     fig.tight_layout()

@@ -74,6 +74,7 @@ def run_training(cfg: Config, started: list) -> dict[str, Evaluations | None]:
     run, scorer, learner, pool, buffer, collector, bar = (rt.run, rt.scorer, rt.learner, rt.pool, rt.buffer,
                                                            rt.collector, rt.bar)
     eval_weights = "ema" if cfg.eval.use_ema else "theta"
+    driver_metrics = DriverMetrics()
 
     def run_eval(step: int) -> Evaluations | None:
         if not rt.eval_sets:
@@ -83,9 +84,9 @@ def run_training(cfg: Config, started: list) -> dict[str, Evaluations | None]:
         for name, groups in rt.eval_sets.items():
             results[name] = evaluate(pool, scorer, groups, weights, step, cfg.eval, name=name)
             log_eval(run, step, results[name], bar)
+            driver_metrics.evaluated(name, results[name].means, results[name].intervals)
         return results
 
-    driver_metrics = DriverMetrics()
     progress = Progress(step=0, version=0)
     if resume:  # learner state, prompt position and run log as they were at the checkpoint
         progress = load_checkpoint(resume, learner=learner, prompts=rt.prompts, lora=cfg.policy.lora)
