@@ -17,6 +17,8 @@ from pathlib import Path
 
 import numpy as np
 
+from bench.reproduce import read_records
+
 REFERENCE = Path("tests/reference/learning_short.json")
 SHORT_UPDATES = 70
 SHORT = (f"run.num_updates={SHORT_UPDATES}", "eval.every=0", "run.grid_every=0", "run.progress=false",
@@ -39,10 +41,6 @@ def figures(records: list[dict], step: int = SHORT_UPDATES) -> dict[str, float]:
     return out
 
 
-def read(path: Path) -> list[dict]:
-    return [json.loads(line) for line in path.read_text().splitlines() if line]
-
-
 def run_short(seed: int, output_dir: str, *extra: str) -> dict[str, float]:
     """The short run of `seed` (its own run directory under output_dir); its figures."""
     from configs.load import load_config
@@ -51,7 +49,7 @@ def run_short(seed: int, output_dir: str, *extra: str) -> dict[str, float]:
     cfg = load_config("configs/tiny_cpu.yaml", [*SHORT, f"run.seed={seed}", f"prompts.seed={seed}",
                                                 f"run.output_dir={output_dir}", f"run.name=short_seed{seed}", *extra])
     train(cfg)
-    return figures(read(Path(output_dir) / f"short_seed{seed}" / "metrics.jsonl"))
+    return figures(read_records(Path(output_dir) / f"short_seed{seed}"))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -60,7 +58,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--name", default="tiny_cpu", help="run directories are <name>_seed<N>")
     parser.add_argument("--seeds", default="0,1,2")
     args = parser.parse_args(argv)
-    seeds = {int(s): figures(read(Path(args.runs) / f"{args.name}_seed{s}" / "metrics.jsonl"))
+    seeds = {int(s): figures(read_records(Path(args.runs) / f"{args.name}_seed{s}"))
              for s in args.seeds.split(",")}
     lifts = [f["in-distribution/lift"] for f in seeds.values()]
     reference = {
