@@ -145,7 +145,8 @@ class Policy:
     def velocity(self, xt: torch.Tensor, t: torch.Tensor, embeds: torch.Tensor, pooled: torch.Tensor) -> torch.Tensor:
         """v ≈ ε − x0 of the active adapter at `t` in [0, 1] (the transformer takes 1000·t)."""
         dtype = next(self.transformer.parameters()).dtype
-        v = self.denoiser(hidden_states=xt.to(dtype), timestep=1000.0 * t.to(dtype),
+        # the timestep stays float32: in bf16, 1000·t rounds (913.35 -> 916) while xt was noised with the exact t
+        v = self.denoiser(hidden_states=xt.to(dtype), timestep=1000.0 * t.float(),
                           encoder_hidden_states=embeds.to(dtype), pooled_projections=pooled.to(dtype),
                           return_dict=False)[0]
         return v.float()

@@ -21,7 +21,7 @@ from actors.policy import OLD, THETA, Policy
 from configs.schema import LearnerConfig, PolicyConfig
 from learner.buffer import Batch
 from learner.metrics import LearnerMetrics
-from learner.nft import nft_loss, old_policy_decay, training_timesteps
+from learner.nft import eval_ema_decay, nft_loss, old_policy_decay, training_timesteps
 
 
 class Learner:
@@ -143,11 +143,11 @@ class Learner:
         steps = [self._optimizer_step({k: v[c] for k, v in data.items()}) for c in chunks]
         schedule = self.cfg.old_policy
         decay = old_policy_decay(self.step, flat=schedule.flat, uprate=schedule.uprate, cap=schedule.cap)
+        ema = eval_ema_decay(self.step, self.cfg.eval_ema_decay)
         with torch.no_grad():
             for key, old in self.old.items():
                 old.mul_(decay).add_(self.theta[key].detach(), alpha=1 - decay)
-                self.ema[key].mul_(self.cfg.eval_ema_decay).add_(self.theta[key].detach(),
-                                                                 alpha=1 - self.cfg.eval_ema_decay)
+                self.ema[key].mul_(ema).add_(self.theta[key].detach(), alpha=1 - ema)
         metrics = {key: sum(s[key] for s in steps) / len(steps) for key in steps[0]}
         result = {**metrics, "old_decay": decay, "optimizer_step": self.step, "skipped_steps": self.skipped_steps,
                   "samples": len(data["x0"]), "seconds": time.perf_counter() - start}

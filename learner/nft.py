@@ -109,6 +109,12 @@ def old_policy_decay(step: int, *, flat: int, uprate: float, cap: float) -> floa
     return 0.0 if step < flat else min(uprate * (step - flat), cap)
 
 
+def eval_ema_decay(step: int, decay: float) -> float:
+    """Decay of the evaluation EMA of θ after optimizer step `step` (1-based), warmed up as the reference's:
+    min((1 + s) / (10 + s), decay), so the first steps are not averaged with the initial θ at full weight."""
+    return min((1 + step) / (10 + step), decay)
+
+
 def training_timesteps(collection_timesteps: Tensor, fraction: float, generator: torch.Generator | None) -> Tensor:
     """Per sample a random permutation of its collection timesteps (B, T), keeping the first int(T·fraction)."""
     batch, steps = collection_timesteps.shape

@@ -4,7 +4,7 @@ import pytest
 import torch
 from torch.testing import assert_close
 
-from learner.nft import group_advantages, nft_loss, old_policy_decay, optimality, training_timesteps
+from learner.nft import eval_ema_decay, group_advantages, nft_loss, old_policy_decay, optimality, training_timesteps
 
 EPS = 1e-4
 
@@ -225,3 +225,11 @@ def test_training_timesteps_are_a_per_sample_subset_without_repeats():
     orders = (chosen - collection[:, :1]).tolist()  # the same offsets in every row would mean one shared order
     assert any(order != orders[0] for order in orders)
     assert training_timesteps(collection, 1.0, None).shape == (6, 10)
+
+
+def test_eval_ema_decay_warms_up_then_holds():
+    assert eval_ema_decay(0, 0.9) == pytest.approx(1 / 10)
+    assert eval_ema_decay(1, 0.9) == pytest.approx(2 / 11)
+    assert eval_ema_decay(80, 0.9) == pytest.approx(81 / 90)  # (1 + s) / (10 + s) reaches 0.9 at s = 80
+    assert eval_ema_decay(81, 0.9) == pytest.approx(0.9)
+    assert eval_ema_decay(10_000, 0.9) == pytest.approx(0.9)

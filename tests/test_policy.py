@@ -87,3 +87,17 @@ def test_classifier_free_guidance_changes_samples(policy_cfg):
     plain = sampler.evaluate([group], weights, 0, solver="euler", num_steps=3, guidance_scale=1.0)[0]
     guided = sampler.evaluate([group], weights, 0, solver="euler", num_steps=3, guidance_scale=4.0)[0]
     assert not torch.allclose(plain.x0, guided.x0)
+
+
+def test_bf16_policy_gets_the_exact_timestep(policy_cfg):
+    """In bf16, 1000·t would round (913.35 -> 916) while xt is noised with the exact t: the timestep stays float32."""
+    policy = Policy.from_pretrained(policy_cfg.model_copy(update={"dtype": "bfloat16"}))
+    seen = []
+    handle = policy.transformer.register_forward_pre_hook(
+        lambda module, args, kwargs: seen.append(kwargs["timestep"]), with_kwargs=True)
+    embeds, pooled = policy.encode(["a photo of a red circle"])
+    with torch.no_grad():
+        policy.velocity(torch.randn(1, *policy.latent_shape), torch.tensor([0.91335]), embeds, pooled)
+    handle.remove()
+    assert seen[0].dtype == torch.float32
+    assert seen[0].item() == pytest.approx(913.35, abs=1e-3)
