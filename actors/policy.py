@@ -25,6 +25,7 @@ from configs.schema import PolicyConfig
 
 THETA = "theta"  # the trained adapter
 OLD = "old"  # the sampling policy θ_old
+LAGGED = "lagged"  # θ_old of an earlier version, for samples drawn before the latest update (learner only)
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 

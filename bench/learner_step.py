@@ -32,7 +32,8 @@ def make_batch(learner: Learner, size: int, timesteps: torch.Tensor) -> tuple[di
     embeds, pooled = learner.policy.encode(prompts)
     generator = torch.Generator().manual_seed(0)
     x0 = torch.rand((size, *learner.policy.latent_shape), generator=generator) * 2 - 1  # (B, C, h, w)
-    data = {"x0": x0, "embeds": embeds, "pooled": pooled, "r": torch.rand(size, generator=generator)}
+    data = {"x0": x0, "embeds": embeds, "pooled": pooled, "r": torch.rand(size, generator=generator),
+            "version": torch.full((size,), learner.version)}
     t = timesteps[torch.randint(len(timesteps), (size,), generator=generator)]  # (B,)
     return data, t
 

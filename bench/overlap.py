@@ -102,7 +102,8 @@ def stages_alone(ctx: BenchContext) -> dict[str, float]:
     with ray_session():
         urls, replicas = start_reward(cfg.reward, local=True)
         scorer = ray.remote(GroupScorer).options(num_cpus=0, max_concurrency=64).remote(cfg.reward, urls, replicas)
-        learner = LearnerGroup(cfg.policy, cfg.learner, seed=cfg.run.seed)
+        learner = LearnerGroup(cfg.policy, cfg.learner, seed=cfg.run.seed,
+                               max_policy_lag=cfg.schedule.max_policy_lag)
         pool = SamplerPool(cfg.policy, cfg.sampler, scorer, max_inflight=cfg.schedule.max_inflight)
         ray.get(pool.broadcast_weights(learner.weights_async("old"), 0))
         prompts = PromptSource(read_prompts(cfg.prompts.train), group_size=cfg.prompts.group_size, seed=1)

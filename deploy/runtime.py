@@ -75,7 +75,7 @@ def build(cfg: Config, started: list) -> Runtime:
     scorer = ray.remote(GroupScorer).options(num_cpus=0, max_concurrency=64, max_restarts=3).remote(
         cfg.reward, urls, replicas)
     started.append(lambda: [ray.kill(actor) for actor in (scorer, *replicas)])
-    learner = LearnerGroup(cfg.policy, cfg.learner, seed=cfg.run.seed)
+    learner = LearnerGroup(cfg.policy, cfg.learner, seed=cfg.run.seed, max_policy_lag=cfg.schedule.max_policy_lag)
     started.append(learner.shutdown)
     pool = SamplerPool(cfg.policy, cfg.sampler, scorer, max_inflight=cfg.schedule.max_inflight)
     started.append(pool.shutdown)

@@ -120,7 +120,7 @@ def load_checkpoint(path: Path, *, learner: LearnerGroup, prompts: PromptSource,
     ranks = training["learner"]
     for name in ("theta", "old", "ema"):
         ranks[0][name] = read_lora(path / name)[0]
-    learner.load_state(ranks)
+    learner.load_state(ranks, version=int(state["version"]))
     prompts.load_state(state["prompts"])
     torch.set_rng_state(training["driver_torch_rng"])
     return Progress(step=int(state["step"]), version=int(state["version"]))

@@ -2,6 +2,10 @@
 
 `update(batch)` applies the NFT loss on the forward process to this rank's shard of a batch, synchronising
 gradients with DDP when the LearnerGroup has several ranks, then moves θ_old toward θ by the schedule.
+
+Each sample's v_old comes from the θ_old that drew it. The learner's `version` counts updates, as the broadcast
+does (θ_old of version v is the one published after v updates); under `max_policy_lag` L ≥ 1 it keeps the LoRA
+states of the last L + 1 versions and computes a lagged sample's v_old with its own version in a third adapter.
 """
 
 from __future__ import annotations
@@ -17,7 +21,7 @@ import torch
 import torch.distributed as dist
 
 from actors.group import Group
-from actors.policy import OLD, THETA, Policy
+from actors.policy import LAGGED, OLD, THETA, Policy
 from configs.schema import LearnerConfig, PolicyConfig
 from learner.buffer import Batch
 from learner.metrics import LearnerMetrics
@@ -26,16 +30,22 @@ from learner.nft import eval_ema_decay, nft_loss, old_policy_decay, training_tim
 
 class Learner:
     def __init__(self, policy_cfg: PolicyConfig, learner_cfg: LearnerConfig, *, rank: int = 0, world_size: int = 1,
-                 seed: int = 0, device: str | None = None):
+                 seed: int = 0, max_policy_lag: int = 0, device: str | None = None):
         self.cfg, self.rank, self.world_size, self.seed = learner_cfg, rank, world_size, seed
+        self.max_policy_lag = max_policy_lag
         device = device or ("cuda" if torch.cuda.is_available() else "cpu")
         if learner_cfg.num_threads:
             torch.set_num_threads(learner_cfg.num_threads)
         torch.manual_seed(seed)  # θ and θ_old start equal and identical on every rank
-        self.policy = Policy.from_pretrained(policy_cfg, adapters=(THETA, OLD), device=device)
+        adapters = (THETA, OLD, LAGGED) if max_policy_lag > 0 else (THETA, OLD)
+        self.policy = Policy.from_pretrained(policy_cfg, adapters=adapters, device=device)
         self.policy.load_weights(self.policy.get_weights(THETA), OLD)
         self.theta = self.policy.lora_parameters(THETA)
         self.old = self.policy.lora_parameters(OLD)
+        self.version = 0  # updates applied: the version of the θ_old in the OLD adapter
+        self.old_versions: dict[int, dict[str, torch.Tensor]] = {}  # version -> θ_old, the last L + 1 (lag L ≥ 1)
+        self.lagged_version: int | None = None  # the version loaded in the LAGGED adapter
+        self._keep_old_version()
         self.ema = {k: p.detach().clone() for k, p in self.theta.items()}
         self.optimizer = torch.optim.AdamW(list(self.theta.values()), lr=learner_cfg.lr, betas=learner_cfg.betas,
                                            weight_decay=learner_cfg.weight_decay, eps=learner_cfg.adam_eps)
@@ -83,6 +93,7 @@ class Learner:
             "pooled": torch.stack([groups[i].pooled for i in g.tolist()]).to(device),
             "timesteps": torch.stack([groups[i].timesteps for i in g.tolist()]),
             "r": batch.r[g, k].to(device),
+            "version": torch.tensor(batch.policy_versions)[g],  # the θ_old version that drew each sample
         }
 
     def _autocast(self):
@@ -98,8 +109,7 @@ class Learner:
         cond = (data["embeds"], data["pooled"])
         with self._autocast():
             with torch.no_grad():
-                with self.policy.adapter(OLD):
-                    v_old = self.policy.velocity(xt, t, *cond)
+                v_old = self.old_velocity(xt, t, *cond, versions=data["version"])
                 v_ref = None
                 if self.cfg.kl_coef > 0:
                     with self.policy.adapter(None):
@@ -108,6 +118,41 @@ class Learner:
                 v_theta = self.policy.velocity(xt, t, *cond)
         return nft_loss(v_theta=v_theta, v_old=v_old, v_ref=v_ref, x0=x0, xt=xt, t=t, r=data["r"],
                         nft_beta=self.cfg.nft_beta, kl_coef=self.cfg.kl_coef, adv_clip_max=self.cfg.adv_clip_max)
+
+    @torch.no_grad()
+    def old_velocity(self, xt: torch.Tensor, t: torch.Tensor, embeds: torch.Tensor, pooled: torch.Tensor, *,
+                     versions: torch.Tensor) -> torch.Tensor:
+        """v_old of each sample under the θ_old version that drew it (`versions`, one per sample)."""
+        if bool((versions == self.version).all()):  # the synchronous schedule: one forward, as the reference does
+            with self.policy.adapter(OLD):
+                return self.policy.velocity(xt, t, embeds, pooled)
+        v_old = torch.empty(xt.shape, dtype=torch.float32, device=xt.device)
+        for version in versions.unique().tolist():
+            index = (versions == version).nonzero().squeeze(1).to(xt.device)
+            with self.policy.adapter(OLD if version == self.version else self._lagged(version)):
+                v_old[index] = self.policy.velocity(xt[index], t[index], embeds[index], pooled[index])
+        return v_old
+
+    def _lagged(self, version: int) -> str:
+        """Load θ_old of an earlier `version` into the LAGGED adapter (once per version change)."""
+        if version not in self.old_versions:
+            raise RuntimeError(
+                f"a sample was drawn with θ_old version {version}, but the learner (at version {self.version}, "
+                f"max_policy_lag {self.max_policy_lag}) holds versions {sorted(self.old_versions)}: the buffer "
+                "let through a sample older than schedule.max_policy_lag, or the LearnerGroup was built with "
+                "another max_policy_lag than the buffer")
+        if self.lagged_version != version:
+            self.policy.load_weights(self.old_versions[version], LAGGED)
+            self.lagged_version = version
+        return LAGGED
+
+    def _keep_old_version(self) -> None:
+        """Remember θ_old of the current version; forget versions no admissible sample can still carry."""
+        if self.max_policy_lag == 0:
+            return
+        self.old_versions[self.version] = self.policy.get_weights(OLD)
+        for version in [v for v in self.old_versions if v < self.version - self.max_policy_lag]:
+            del self.old_versions[version]
 
     def _optimizer_step(self, data: dict[str, torch.Tensor]) -> dict[str, float]:
         cfg = self.cfg
@@ -148,9 +193,12 @@ class Learner:
             for key, old in self.old.items():
                 old.mul_(decay).add_(self.theta[key].detach(), alpha=1 - decay)
                 self.ema[key].mul_(ema).add_(self.theta[key].detach(), alpha=1 - ema)
+        self.version += 1
+        self._keep_old_version()
         metrics = {key: sum(s[key] for s in steps) / len(steps) for key in steps[0]}
         result = {**metrics, "old_decay": decay, "optimizer_step": self.step, "skipped_steps": self.skipped_steps,
-                  "samples": len(data["x0"]), "seconds": time.perf_counter() - start}
+                  "samples": len(data["x0"]), "lagged_samples": int((data["version"] < self.version - 1).sum()),
+                  "seconds": time.perf_counter() - start}
         self.metrics.updated(result)
         return result
 
@@ -178,10 +226,14 @@ class Learner:
                          optimizer=self.optimizer.state_dict(), scaler=self.scaler.state_dict())
         return state
 
-    def load_state(self, state: dict[str, Any], rng: dict[str, torch.Tensor] | None) -> None:
-        """Restore rank 0's `state` on this rank, with this rank's `rng` (None: a rank the saved run did not have)."""
+    def load_state(self, state: dict[str, Any], rng: dict[str, torch.Tensor] | None, version: int) -> None:
+        """Restore rank 0's `state` on this rank, with this rank's `rng` (None: a rank the saved run did not have).
+
+        θ_old resumes as `version`; earlier versions are not kept, since a resumed run's buffer starts empty."""
         self.policy.load_weights(state["theta"], THETA)  # copies into the same Parameters the optimizer holds
         self.policy.load_weights(state["old"], OLD)
+        self.version, self.old_versions, self.lagged_version = version, {}, None
+        self._keep_old_version()
         with torch.no_grad():
             for key, value in state["ema"].items():
                 self.ema[key].copy_(value)

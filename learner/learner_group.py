@@ -23,7 +23,7 @@ def bundles(num_ranks: int, num_cpus: float, num_gpus: float,
 
 
 class LearnerGroup:
-    def __init__(self, policy_cfg: PolicyConfig, learner_cfg: LearnerConfig, *, seed: int,
+    def __init__(self, policy_cfg: PolicyConfig, learner_cfg: LearnerConfig, *, seed: int, max_policy_lag: int = 0,
                  placement_timeout_s: float = 120.0):
         self.cfg = learner_cfg
         self.placement = placement_group(bundles(learner_cfg.num_ranks, learner_cfg.num_cpus, learner_cfg.num_gpus,
@@ -41,7 +41,8 @@ class LearnerGroup:
             remote.options(num_cpus=learner_cfg.num_cpus, num_gpus=learner_cfg.num_gpus,
                            resources=dict(learner_cfg.resources),
                            scheduling_strategy=PlacementGroupSchedulingStrategy(self.placement, i)).remote(
-                policy_cfg, learner_cfg, rank=i, world_size=learner_cfg.num_ranks, seed=seed)
+                policy_cfg, learner_cfg, rank=i, world_size=learner_cfg.num_ranks, seed=seed,
+                max_policy_lag=max_policy_lag)
             for i in range(learner_cfg.num_ranks)]
         master_addr, master_port = ray.get(self.ranks[0].address.remote())
         ray.get([rank.setup.remote(master_addr, master_port) for rank in self.ranks])
@@ -61,10 +62,11 @@ class LearnerGroup:
         """Every rank's checkpoint state; rank 0's also holds θ, θ_old, the EMA and the optimizer."""
         return ray.get([rank.state.remote(with_weights=i == 0) for i, rank in enumerate(self.ranks)])
 
-    def load_state(self, states: list[dict]) -> None:
-        """Every rank takes rank 0's weights and optimizer and its own RNG states (a new rank keeps fresh ones)."""
+    def load_state(self, states: list[dict], version: int) -> None:
+        """Every rank takes rank 0's weights and optimizer and its own RNG states (a new rank keeps fresh ones);
+        θ_old resumes as policy `version`."""
         shared = ray.put(states[0])
-        ray.get([rank.load_state.remote(shared, states[i]["rng"] if i < len(states) else None)
+        ray.get([rank.load_state.remote(shared, states[i]["rng"] if i < len(states) else None, version)
                  for i, rank in enumerate(self.ranks)])
 
     def shutdown(self) -> None:

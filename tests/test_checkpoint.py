@@ -52,7 +52,8 @@ def synthetic_batch(policy: Policy, n: int = 8) -> dict[str, torch.Tensor]:
     g = torch.Generator().manual_seed(7)
     embeds, pooled = policy.encode(["a photo of a red circle"] * n)
     return {"x0": torch.randn(n, *policy.latent_shape, generator=g), "embeds": embeds, "pooled": pooled,
-            "timesteps": torch.linspace(0.9, 0.1, 4).repeat(n, 1), "r": torch.rand(n, generator=g)}
+            "timesteps": torch.linspace(0.9, 0.1, 4).repeat(n, 1), "r": torch.rand(n, generator=g),
+            "version": torch.zeros(n, dtype=torch.long)}
 
 
 def test_learner_state_restores_everything_a_step_depends_on(policy_cfg):
@@ -62,7 +63,7 @@ def test_learner_state_restores_everything_a_step_depends_on(policy_cfg):
     first._optimizer_step(data)
     saved = copy.deepcopy(first.state(with_weights=True))  # as the trip through Ray and disk would: no aliasing
     second = Learner(policy_cfg, cfg, seed=99)  # other seed: every generator and weight must come from `saved`
-    second.load_state(saved, saved["rng"])
+    second.load_state(saved, saved["rng"], version=first.version)
     assert first._optimizer_step(data) == second._optimizer_step(data)
     assert first.checksum() == second.checksum() and second.step == 2
 

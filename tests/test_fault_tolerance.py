@@ -66,7 +66,7 @@ def test_non_finite_loss_skips_the_step_and_leaves_weights(tiny_pipeline):
     x0 = torch.randn(8, *learner.policy.latent_shape)  # (B, C, H, W)
     x0[0, 0, 0, 0] = float("nan")
     data = {"x0": x0, "embeds": embeds, "pooled": pooled, "timesteps": torch.linspace(0.9, 0.1, 4).repeat(8, 1),
-            "r": torch.rand(8)}
+            "r": torch.rand(8), "version": torch.zeros(8, dtype=torch.long)}
     before = learner.checksum()
     metrics = learner._optimizer_step(data)
     assert not math.isfinite(metrics["loss"])
