@@ -17,10 +17,10 @@ from actors.sampler_pool import SamplerPool
 from actors.scoring import GroupScorer
 from configs.load import dump_config
 from configs.schema import Config, RewardConfig
+from deploy.collector import Collector
 from deploy.metrics import write_prometheus_targets
 from deploy.report import RunDirectory
 from learner.buffer import Buffer
-from learner.collector import Collector
 from learner.learner_group import LearnerGroup
 from reward_service.client import RewardClient
 from reward_service.replica import RewardReplica

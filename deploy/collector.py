@@ -1,8 +1,13 @@
 """The `Collector` keeps the sampler pool busy and fills the Buffer: sample → score → buffer.
 
-Admission control decides how far sampling may run ahead of the learner: at most (1 + max_policy_lag) updates'
-worth of groups in flight or buffered, and none while an update runs under the synchronous schedule
-(`max_policy_lag: 0`), which then matches the reference implementation's sample-then-train loop.
+Admission control bounds staleness by what it admits (as AReaL does), so no sample is drawn that will be too old
+when it is trained. The buffer hands out groups in admission order, G per update (G = groups_per_update). A group
+admitted while θ_old is at version v, with n groups already in flight or buffered and a batch of G in training
+(or not), is trained at version v + ⌈(n + 1)/G⌉ − 1 + (1 if an update runs): at most max_policy_lag L ahead when
+n < (L + 1)·G, less G while an update runs. So at most (L + 1) updates' worth of groups are committed, counting the
+batch being trained. Under the synchronous schedule (L = 0) nothing is admitted during an update, which then
+matches the reference implementation's sample-then-train loop; under L ≥ 1 the samplers draw the next batch while
+the learner trains. Samples can still turn stale when a restarted Sampler draws with its base weights.
 """
 
 from __future__ import annotations
@@ -28,12 +33,11 @@ class Collector:
         self.max_failure_streak = 2 * schedule.groups_per_update
 
     def allowed_groups(self, update_running: bool) -> int:
-        """How many more groups may be requested now."""
-        lag = self.schedule.max_policy_lag
-        if lag == 0 and update_running:
-            return 0
-        ahead = min(self.schedule.groups_per_update * (1 + lag), self.schedule.buffer_capacity)
-        return ahead - self.pool.inflight_groups - len(self.buffer)
+        """How many more groups may be requested now without any of them exceeding max_policy_lag when trained."""
+        per_update = self.schedule.groups_per_update
+        ahead = per_update * (1 + self.schedule.max_policy_lag) - (per_update if update_running else 0)
+        committed = self.pool.inflight_groups + len(self.buffer)
+        return min(ahead - committed, self.schedule.buffer_capacity - committed)
 
     def pump(self, update_running: bool, timeout_s: float = 0.05) -> None:
         """Top the pool up within admission control, then move finished calls into the buffer."""
