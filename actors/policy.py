@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import warnings
 from collections.abc import Iterator
@@ -67,6 +68,22 @@ def encode_prompts(prompts: list[str], tokenizers, text_encoders, t5, *, joint_d
                         return_tensors="pt").input_ids.to(device)
         embeds = torch.cat([embeds, encoder(ids)[0]], dim=1)  # (B, L + L_t5, joint_dim)
     return embeds.float(), torch.cat(pooled, dim=-1).float()
+
+
+def weights_checksum(state: dict[str, torch.Tensor | np.ndarray]) -> str:
+    """SHA-256 (first 16 hex digits) of a LoRA state's names and float32 bytes: equal iff the weights are equal."""
+    digest = hashlib.sha256()
+    for key in sorted(state):
+        value = state[key]
+        array = value.detach().cpu().float().numpy() if isinstance(value, torch.Tensor) else value
+        digest.update(key.encode())
+        digest.update(np.ascontiguousarray(array, dtype=np.float32).tobytes())
+    return digest.hexdigest()[:16]
+
+
+def as_numpy(state: dict[str, torch.Tensor]) -> dict[str, np.ndarray]:
+    """A LoRA state as float32 numpy arrays: Ray stores and reads them without pickling (zero-copy on read)."""
+    return {key: value.detach().cpu().float().numpy() for key, value in state.items()}
 
 
 class Policy:
@@ -191,14 +208,17 @@ class Policy:
         state = get_peft_model_state_dict(self.transformer, adapter_name=name)
         return {key: value.detach().to("cpu", copy=True) for key, value in state.items()}
 
-    def load_weights(self, state: dict[str, torch.Tensor], name: str = OLD) -> None:
-        """Copy a LoRA state (peft's key format, as `get_weights` gives) into adapter `name`'s parameters."""
+    def load_weights(self, state: dict[str, torch.Tensor | np.ndarray], name: str = OLD) -> None:
+        """Copy a LoRA state (peft's key format, as `get_weights` gives; torch tensors or numpy arrays, read-only
+        ones included) into adapter `name`'s parameters."""
         params = self.lora_parameters(name)
         if state.keys() != params.keys():
             unknown, missing = sorted(state.keys() - params.keys()), sorted(params.keys() - state.keys())
             raise ValueError(f"LoRA weights for adapter {name!r} do not match this policy: {len(unknown)} unknown "
                              f"keys (e.g. {unknown[:1]}), {len(missing)} missing (e.g. {missing[:1]}); they come "
                              "from another architecture or LoRA target set")
-        with torch.no_grad():
+        with torch.no_grad(), warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)  # a read-only array (Ray's zero-copy read) is only read here
             for key, value in state.items():
-                params[key].copy_(value)  # in place: DDP hooks and optimizer state keep pointing at the same tensors
+                # in place: DDP hooks and optimizer state keep pointing at the same tensors
+                params[key].copy_(torch.from_numpy(value) if isinstance(value, np.ndarray) else value)

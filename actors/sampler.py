@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import time
 
+import numpy as np
 import torch
 
 from actors.group import Group
 from actors.metrics import SamplerMetrics
-from actors.policy import OLD, THETA, Policy
+from actors.policy import OLD, THETA, Policy, weights_checksum
 from actors.prompts import PromptGroup
 from actors.solvers import Solver, sigma_schedule, solve
 from configs.schema import PolicyConfig, SamplerConfig
@@ -29,12 +30,14 @@ class Sampler:
         self.eval_version = -1
         self.metrics = SamplerMetrics(index)  # index: this actor's place in the SamplerPool, a metric tag
 
-    def load_weights(self, weights: dict[str, torch.Tensor], version: int, published_at: float | None = None) -> float:
-        """Swap θ_old to `version`; returns the wall-clock time it was applied (for the broadcast latency)."""
+    def load_weights(self, weights: dict[str, np.ndarray | torch.Tensor], version: int,
+                     published_at: float | None = None) -> tuple[float, str]:
+        """Swap θ_old to `version`; returns when it was applied (for the broadcast latency) and the checksum of the
+        θ_old now in the adapter, read back from its parameters, which the driver checks against the learner's."""
         self.policy.load_weights(weights, OLD)
         self.policy_version = version
         self.metrics.weights_applied(version, published_at)
-        return time.time()
+        return time.time(), weights_checksum(self.policy.lora_parameters(OLD))
 
     def ready(self) -> int:
         """Answers once the actor is built; returns the policy version it holds."""

@@ -3,6 +3,7 @@
 It tracks calls in flight per actor, balances new calls to the least busy actor, broadcasts versioned weights,
 and turns a dead actor's call into a resubmission (counted) and a stalled one into a clear error. A Sampler that
 Ray restarted gets the latest θ_old before any other call; one past sampler.max_restarts leaves the pool.
+Every θ_old a Sampler applies is verified: its checksum, read back from the adapter, must equal the learner's.
 """
 
 from __future__ import annotations
@@ -38,6 +39,10 @@ class Scored:
     seconds: float
 
 
+class WeightSyncError(RuntimeError):
+    """A Sampler holds another θ_old than the learner published for that version."""
+
+
 class SamplerPool:
     def __init__(self, policy_cfg: PolicyConfig, sampler_cfg: SamplerConfig, scorer: ray.actor.ActorHandle, *,
                  max_inflight: int, ready_timeout_s: float = 300.0):
@@ -48,6 +53,9 @@ class SamplerPool:
         self.actors = [remote.remote(policy_cfg, sampler_cfg, index=i) for i in range(sampler_cfg.num_actors)]
         self.calls: dict[ray.ObjectRef, Call] = {}  # summaries ref -> call
         self.weights: tuple[ray.ObjectRef, int] | None = None
+        self.published: dict[int, ray.ObjectRef] = {}  # version -> the learner's checksum of that θ_old
+        self.unverified: list[tuple[int, int, ray.ObjectRef]] = []  # (actor, version, ref of load_weights' answer)
+        self.verified_broadcasts = 0  # θ_old loads whose checksum matched the learner's
         self.resubmitted_groups = 0
         self.restarts = [0] * len(self.actors)  # deaths seen per actor: failed calls or calls run on base weights
         self.restarting: dict[int, ray.ObjectRef] = {}  # actor -> a ready() that answers once Ray has rebuilt it
@@ -137,7 +145,8 @@ class SamplerPool:
                 self.dead.add(actor)  # past sampler.max_restarts
                 continue
             if self.weights is not None:
-                self.actors[actor].load_weights.remote(*self.weights)
+                weights_ref, version = self.weights
+                self.unverified.append((actor, version, self.actors[actor].load_weights.remote(weights_ref, version)))
             self.reloaded_at[actor] = self.seq
         if len(self.dead) == len(self.actors):
             raise RuntimeError(f"all {len(self.actors)} Sampler actors died more than sampler.max_restarts "
@@ -160,18 +169,53 @@ class SamplerPool:
                     f"(sampler.timeout_s = {self.cfg.timeout_s}); the actor may be stalled or starved of CPU/GPU")
 
     # ---- weights ------------------------------------------------------------------------------------------
-    def broadcast_weights(self, weights_ref: ray.ObjectRef, version: int) -> list[ray.ObjectRef]:
-        """Every Sampler swaps θ_old to `version` after its queued calls; returns refs of the applied times."""
+    def broadcast_weights(self, weights_ref: ray.ObjectRef, version: int,
+                          checksum_ref: ray.ObjectRef) -> list[ray.ObjectRef]:
+        """Every Sampler swaps θ_old to `version` after its queued calls; returns refs of (applied time, checksum).
+        `checksum_ref` is the learner's checksum of those weights, which `verify` holds every Sampler to."""
         self.weights = (weights_ref, version)
+        self.published[version] = checksum_ref
         published_at = time.time()  # each Sampler exports its own publish -> applied latency
-        return [self.actors[i].load_weights.remote(weights_ref, version, published_at) for i in self.available()]
+        applied = [(i, self.actors[i].load_weights.remote(weights_ref, version, published_at))
+                   for i in self.available()]
+        self.unverified += [(i, version, ref) for i, ref in applied]
+        return [ref for _, ref in applied]
+
+    def verify(self, timeout_s: float = 0.0) -> int:
+        """Check every θ_old load that has finished (waiting up to `timeout_s` for the rest) against the learner's
+        checksum of its version; a mismatch raises WeightSyncError. Returns how many loads are still unchecked."""
+        if self.unverified:
+            refs = [ref for *_, ref in self.unverified]
+            ready = set(ray.wait(refs, num_returns=len(refs), timeout=timeout_s)[0])
+            pending = []
+            for actor, version, ref in self.unverified:
+                if ref not in ready:
+                    pending.append((actor, version, ref))
+                    continue
+                try:
+                    applied = ray.get(ref)[1]
+                except RayActorError:
+                    continue  # died meanwhile: its rebuilt actor's load is verified instead
+                expected = ray.get(self.published[version])
+                if applied != expected:
+                    raise WeightSyncError(
+                        f"Sampler {actor} holds θ_old version {version} with checksum {applied}, but the learner "
+                        f"published {expected}: the weights changed between the learner and the sampler (object "
+                        "store corruption, or a LoRA layout the sampler's policy maps differently). Training on its "
+                        "samples would use the wrong v_old; stopping. Check that learner and samplers run the same "
+                        "code and policy config")
+                self.verified_broadcasts += 1
+            self.unverified = pending
+        live = {version for _, version, _ in self.unverified} | {self.weights[1] if self.weights else 0}
+        self.published = {v: ref for v, ref in self.published.items() if v >= min(live)}
+        return len(self.unverified)
 
     def applied_times(self, applied: list[ray.ObjectRef]) -> list[float]:
         """When each Sampler applied a broadcast; one that died meanwhile has no time (poll handles its death)."""
         times = []
         for ref in applied:
             try:
-                times.append(ray.get(ref))
+                times.append(ray.get(ref)[0])
             except RayActorError:
                 continue
         return times

@@ -13,7 +13,7 @@ import time
 import ray
 import torch
 
-from actors.policy import OLD, Policy
+from actors.policy import OLD, Policy, as_numpy, weights_checksum
 from actors.sampler_pool import SamplerPool
 from bench.context import BenchContext, ray_session
 from bench.paired import Spread, alternate, ratios, target
@@ -64,10 +64,12 @@ def publish_seconds(cfg: Config, weights: dict, counts: tuple[int, ...], rounds:
         def publish(apply) -> float:
             """Seconds from the start of ray.put of fresh θ_old bytes to the last `applied` time."""
             version[0] += 1
-            state = {k: v + 1e-6 * version[0] for k, v in weights.items()}  # new bytes every version
+            state = as_numpy({k: v + 1e-6 * version[0] for k, v in weights.items()})  # new bytes every version
+            checksum = ray.put(weights_checksum(state))  # the learner computes it beside the weights
             start = time.time()
-            ref = ray.put(state)
-            return max(ray.get(apply(ref, version[0]))) - start
+            ref = ray.put(state)  # what Learner.publish ships: numpy arrays
+            answers = ray.get(apply(ref, version[0], checksum))
+            return max(a if isinstance(a, float) else a[0] for a in answers) - start
 
         def local(as_numpy: bool) -> float:
             state = {k: (v + 1e-6).numpy() if as_numpy else v + 1e-6 for k, v in weights.items()}
@@ -80,9 +82,10 @@ def publish_seconds(cfg: Config, weights: dict, counts: tuple[int, ...], rounds:
             view.actors = pool.actors[:n]
             return view
 
-        sides = {"raw": lambda: publish(lambda ref, v: [receiver.fetch.remote([ref])]),
+        sides = {"raw": lambda: publish(lambda ref, v, checksum: [receiver.fetch.remote([ref])]),
                  "raw_local": lambda: local(False), "raw_local_numpy": lambda: local(True),
-                 **{f"samplers_{n}": lambda n=n: publish(lambda ref, v: pool_of(n).broadcast_weights(ref, v))
+                 **{f"samplers_{n}": lambda n=n: publish(
+                    lambda ref, v, checksum: pool_of(n).broadcast_weights(ref, v, checksum))
                     for n in counts}}
         alternate(sides, 1)  # warm-up: first calls pay for connections and imports
         return alternate(sides, rounds)

@@ -105,7 +105,8 @@ def stages_alone(ctx: BenchContext) -> dict[str, float]:
         learner = LearnerGroup(cfg.policy, cfg.learner, seed=cfg.run.seed,
                                max_policy_lag=cfg.schedule.max_policy_lag)
         pool = SamplerPool(cfg.policy, cfg.sampler, scorer, max_inflight=cfg.schedule.max_inflight)
-        ray.get(pool.broadcast_weights(learner.weights_async("old"), 0))
+        weights, checksum = learner.publish_async("old")
+        ray.get(pool.broadcast_weights(weights, 0, checksum))
         prompts = PromptSource(read_prompts(cfg.prompts.train), group_size=cfg.prompts.group_size, seed=1)
         sampler, refs = sampler_alone(pool, prompts, calls, per_call)
         reward, scored = reward_alone(scorer, refs)

@@ -31,6 +31,8 @@ class DriverMetrics:
         self.inflight = HeldGauge("nft_sampler_inflight_groups", "groups in sample calls not yet scored")
         self.faults = HeldGauge("nft_sampler_faults", "sampler faults so far, by kind (resubmitted_groups, "
                                 "sampler_restarts, dead_samplers)", tag_keys=("kind",))
+        self.verified = HeldGauge("nft_weight_sync_verified", "theta_old loads by samplers whose checksum matched "
+                                  "the learner's, so far (a mismatch stops the run)")
         self.phase_seconds = HeldGauge("nft_driver_phase_seconds", "seconds of each driver loop phase, last update",
                                        tag_keys=("phase",))
         self.eval_score = HeldGauge("nft_eval_score", "mean score of the last evaluation, per evaluation set "
@@ -59,6 +61,7 @@ class DriverMetrics:
                               ("overflow", counts.overflow_groups)):
             self.dropped.set(total, tags={"reason": reason})
         self.inflight.set(pool.inflight_groups)
+        self.verified.set(pool.verified_broadcasts)
         for kind, total in pool.counts().items():
             self.faults.set(total, tags={"kind": kind})
         for phase, seconds in times.items():

@@ -93,7 +93,8 @@ def run_training(cfg: Config, started: list) -> dict[str, Evaluations | None]:
         run.truncate(progress.step)
         run.log("resume", progress.step, version=progress.version, checkpoint=str(resume))
     version = progress.version
-    pool.broadcast_weights(learner.weights_async("old"), version)
+    weights, checksum = learner.publish_async("old")
+    pool.broadcast_weights(weights, version, checksum)
     results = {"before": None if resume else run_eval(0)}
     for step in range(progress.step + 1, cfg.run.num_updates + 1):
         times: dict[str, float] = {}
@@ -106,13 +107,16 @@ def run_training(cfg: Config, started: list) -> dict[str, Evaluations | None]:
         version += 1
         with timer(times, "broadcast_s"):
             published = time.time()
-            applied = pool.broadcast_weights(learner.weights_async("old"), version)
+            weights, checksum = learner.publish_async("old")
+            applied = pool.broadcast_weights(weights, version, checksum)
+        pool.verify()  # every θ_old a Sampler has applied so far equals the learner's, or the run stops here
         lag = version - 1 - min(batch.policy_versions)
         driver_metrics.updated(version, lag, batch, times, buffer, pool)
         record = run.log("update", step, version=version, reward=float(batch.rewards.mean()), policy_lag=lag,
                          images_sampled=collector.sampled_images,
                          images_per_s=collector.sampled_images / max(time.time() - run.start, 1e-9),
-                         **metrics, **times, **vars(buffer.counts), **pool.counts(), **ray.get(scorer.counts.remote()))
+                         verified_broadcasts=pool.verified_broadcasts, **metrics, **times, **vars(buffer.counts),
+                         **pool.counts(), **ray.get(scorer.counts.remote()))
         bar.update(1)
         bar.set_postfix(reward=f"{record['reward']:.3f}", loss=f"{metrics['loss']:.4f}", lag=lag,
                         img_s=f"{record['images_per_s']:.1f}")
@@ -130,7 +134,9 @@ def run_training(cfg: Config, started: list) -> dict[str, Evaluations | None]:
                             lora=cfg.policy.lora, config_yaml=dump_config(cfg))
     results["after"] = run_eval(cfg.run.num_updates)
     bar.close()
+    unverified = pool.verify(timeout_s=cfg.sampler.timeout_s)
     run.log("final", cfg.run.num_updates, version=version, learner_checksums=learner.checksums(),
+            verified_broadcasts=pool.verified_broadcasts, unverified_broadcasts=unverified,
             resubmitted_groups=pool.resubmitted_groups, **vars(buffer.counts))
     run.curves(train_key="reward", test_key=headline_key(cfg, results["after"]))
     if results["before"] and results["after"]:

@@ -16,12 +16,13 @@ import os
 import time
 from typing import Any
 
+import numpy as np
 import ray
 import torch
 import torch.distributed as dist
 
 from actors.group import Group
-from actors.policy import LAGGED, OLD, THETA, Policy
+from actors.policy import LAGGED, OLD, THETA, Policy, as_numpy, weights_checksum
 from configs.schema import LearnerConfig, PolicyConfig
 from learner.buffer import Batch
 from learner.metrics import LearnerMetrics
@@ -210,6 +211,12 @@ class Learner:
         if which == "ema":
             return {k: v.detach().cpu().clone() for k, v in self.ema.items()}
         return self.policy.get_weights(which)
+
+    def publish(self, which: str = OLD) -> tuple[dict[str, np.ndarray], str]:
+        """`get_weights(which)` as numpy arrays (Ray's zero-copy path) and their checksum; call with num_returns=2
+        so the driver can check what each Sampler applied without fetching the weights."""
+        weights = as_numpy(self.get_weights(which))
+        return weights, weights_checksum(weights)
 
     def checksum(self) -> float:
         """Sum of |θ| + |θ_old|: equal on every rank when DDP keeps them in step (used by tests)."""

@@ -1,7 +1,8 @@
 """The `LearnerGroup`: N Learner ranks as Ray actors in one placement group, joined by torch.distributed.
 
 Rank 0 reports `master_addr:port` first, then every rank joins. `update_async` hands each rank the same batch
-(each trains on its own shard); `weights_async` returns rank 0's θ_old as an ObjectRef, stored once.
+(each trains on its own shard); `publish_async` returns rank 0's θ_old as an ObjectRef of numpy arrays, stored
+once, and its checksum.
 """
 
 from __future__ import annotations
@@ -51,8 +52,13 @@ class LearnerGroup:
         """One update on every rank; rank 0's metrics come first."""
         return [rank.update.remote(batch) for rank in self.ranks]
 
+    def publish_async(self, which: str = "old") -> tuple[ray.ObjectRef, ray.ObjectRef]:
+        """Rank 0's θ_old ('old'), θ ('theta') or EMA ('ema') as numpy arrays, and their checksum: two refs."""
+        weights, checksum = self.ranks[0].publish.options(num_returns=2).remote(which)
+        return weights, checksum
+
     def weights_async(self, which: str = "old") -> ray.ObjectRef:
-        return self.ranks[0].get_weights.remote(which)
+        return self.publish_async(which)[0]
 
     def checksums(self) -> list[float]:
         """Every rank's weight checksum: all equal while DDP keeps the ranks in step."""
