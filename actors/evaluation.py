@@ -75,7 +75,7 @@ def evaluate(pool: SamplerPool, scorer: ray.actor.ActorHandle, groups: list[Prom
     The groups of a Sampler that dies meanwhile count as failed."""
     sampled = pool.evaluate_async(groups, weights_ref, version, solver=cfg.solver, num_steps=cfg.num_steps,
                                   guidance_scale=cfg.guidance_scale, per_call=per_call)
-    scored_refs = [scorer.score.options(num_returns=2).remote(ref)[1] for ref in sampled]
+    scored_refs = [scorer.score_groups.remote(ref) for ref in sampled]
     scored: list[Group] = []
     failed = 0
     for start, ref in zip(range(0, len(groups), per_call), scored_refs, strict=True):

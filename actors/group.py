@@ -1,4 +1,9 @@
-"""`Group`: K samples of one prompt, the unit that flows from a Sampler through scoring into the Buffer."""
+"""K samples of one prompt, as each consumer needs them.
+
+`Group` is what a Sampler returns and the reward side scores (with images); after scoring it splits into a
+`TrainingGroup` for the learner (x0 and conditioning, no pixels), a `GroupSummary` for the driver (small, frozen)
+and one preview image for the run's grids. The images are released once scored.
+"""
 
 from __future__ import annotations
 
@@ -24,6 +29,25 @@ class Group:
     scores: dict[str, list[float]] = field(default_factory=dict)  # every key a scorer reported
     reward: list[float] | None = None  # R = Σ_k w_k · score_k, the training reward
     failure: str | None = None  # why scoring failed; such a group is dropped, never given a default
+
+    @property
+    def size(self) -> int:
+        return int(self.x0.shape[0])
+
+    def for_learner(self) -> TrainingGroup:
+        return TrainingGroup(self.index, self.policy_version, self.x0, self.embeds, self.pooled, self.timesteps)
+
+
+@dataclass(frozen=True)
+class TrainingGroup:
+    """What a learner rank fetches of a scored group: what the NFT loss trains on, nothing else."""
+
+    index: int
+    policy_version: int  # θ_old version that drew the samples: the one whose v_old they are trained with
+    x0: torch.Tensor  # (K, C, h, w) clean latents
+    embeds: torch.Tensor  # (L, D)
+    pooled: torch.Tensor  # (D,)
+    timesteps: torch.Tensor  # (T,) collection timesteps
 
     @property
     def size(self) -> int:

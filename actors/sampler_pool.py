@@ -24,7 +24,8 @@ from configs.schema import PolicyConfig, SamplerConfig
 class Call:
     actor: int
     groups: list[PromptGroup]
-    groups_ref: ray.ObjectRef  # list[Group] after scoring
+    training_ref: ray.ObjectRef  # list[TrainingGroup] once scored: what the learner fetches
+    previews_ref: ray.ObjectRef  # (G, H, W, 3) uint8, the first image of each group, for grids
     seq: int  # submission order: tells whether a θ_old reload of its actor was queued before it
     version: int  # θ_old version the actor holds when it runs this call, unless it restarted meanwhile
     submitted: float = field(default_factory=time.time)
@@ -32,11 +33,12 @@ class Call:
 
 @dataclass(frozen=True)
 class Scored:
-    """A finished sample call: small summaries for the driver, the scored groups left in the object store."""
+    """A finished sample call: small summaries for the driver; the learner's part and the previews stay in the
+    object store until a consumer fetches them."""
 
     summaries: list[GroupSummary]
-    groups_ref: ray.ObjectRef
-    seconds: float
+    training_ref: ray.ObjectRef
+    previews_ref: ray.ObjectRef
 
 
 class WeightSyncError(RuntimeError):
@@ -93,9 +95,10 @@ class SamplerPool:
             return
         actor = min(self.available(), key=self.load)
         sampled = self.actors[actor].sample.remote(groups)
-        summaries_ref, groups_ref = self.scorer.score.options(num_returns=2).remote(sampled)
+        summaries_ref, training_ref, previews_ref = self.scorer.score.options(num_returns=3).remote(sampled)
         self.seq += 1
-        self.calls[summaries_ref] = Call(actor, groups, groups_ref, self.seq, self.weights[1] if self.weights else 0)
+        self.calls[summaries_ref] = Call(actor, groups, training_ref, previews_ref, self.seq,
+                                         self.weights[1] if self.weights else 0)
 
     # ---- completion ---------------------------------------------------------------------------------------
     def poll(self, timeout_s: float) -> list[Scored]:
@@ -119,7 +122,7 @@ class SamplerPool:
                 continue
             if min(s.policy_version for s in summaries) < call.version:  # sampled by a restarted actor's base
                 self._restarted(call)  # weights: the groups say so, and the buffer judges their staleness
-            done.append(Scored(summaries, call.groups_ref, time.time() - call.submitted))
+            done.append(Scored(summaries, call.training_ref, call.previews_ref))
         self._check_stalled()
         return done
 

@@ -1,8 +1,10 @@
 """The scoring step of the flow: a `GroupScorer` actor sends a Sampler's groups to the reward servers.
 
 It receives the Sampler's output ObjectRef directly (Ray task chaining, the driver never touches the images)
-and returns small `GroupSummary`s for the driver plus the scored groups for the Buffer. A group whose scoring
-fails, or whose score is missing or not finite, carries `failure` and is dropped upstream — never a default.
+and returns one object per consumer: small `GroupSummary`s for the driver, `TrainingGroup`s (x0 and conditioning,
+no pixels) for the learner, and one preview image per group for the run's grids; the images themselves are
+released once scored. A group whose scoring fails, or whose score is missing or not finite, carries `failure` and
+is dropped upstream — never a default. Evaluation uses `score_groups`, which returns the scored groups whole.
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ import math
 
 import numpy as np
 
-from actors.group import Group, GroupSummary
+from actors.group import Group, GroupSummary, TrainingGroup
 from actors.metrics import ScoringMetrics
 from configs.schema import RewardConfig
 from reward_service.client import RewardClient, RewardError
@@ -40,8 +42,7 @@ class GroupScorer:
 
     def __init__(self, reward_cfg: RewardConfig, urls: list[str], replicas: list | None = None):
         self.weights = dict(reward_cfg.weights)
-        self.client = RewardClient(list(urls), api_key=reward_cfg.api_key, timeout_s=reward_cfg.timeout_s,
-                                   max_retries=reward_cfg.max_retries, max_batch=reward_cfg.max_batch)
+        self.client = RewardClient.from_config(reward_cfg, urls)
         # RewardReplica actor handles: Ray restarts a dead replica on a new port, and only the actor can say which.
         self.replicas = list(replicas or [])
         self._refresh: asyncio.Future | None = None
@@ -49,12 +50,19 @@ class GroupScorer:
         self.fault_counts = {"reward_url_refreshes": 0, "scoring_failed_groups": 0, "invalid_reward_groups": 0}
         self.metrics = ScoringMetrics()
 
-    async def score(self, groups: list[Group]) -> tuple[list[GroupSummary], list[Group]]:
-        """Score every group of one sample call; call with `.options(num_returns=2)`."""
+    async def score(self, groups: list[Group]) -> tuple[list[GroupSummary], list[TrainingGroup], np.ndarray]:
+        """Score every group of one sample call; call with `.options(num_returns=3)`: summaries for the driver,
+        training groups for the learner, the first image of each group (G, H, W, 3) for grids."""
+        await self.score_groups(groups)
+        return ([GroupSummary.of(g) for g in groups], [g.for_learner() for g in groups],
+                np.stack([g.images[0] for g in groups]))
+
+    async def score_groups(self, groups: list[Group]) -> list[Group]:
+        """Score every group in place and return them whole (evaluation keeps the scores and images)."""
         for group in groups:
             await self.score_group(group)
         self.metrics.client_stats(self.client.stats())
-        return [GroupSummary.of(g) for g in groups], groups
+        return groups
 
     async def score_group(self, group: Group) -> Group:
         try:

@@ -65,28 +65,33 @@ def measure(ctx: BenchContext) -> dict[str, dict]:
     per_sample = {
         "x0": pickled_bytes(torch.cat([g.x0 for g in groups])) / n,
         "trajectory": pickled_bytes(trajectory) / n,
-        "group_as_held": pickled_bytes(groups) / n,  # images stay in the scored Group today
+        "group_as_sampled": pickled_bytes(groups) / n,  # the Sampler's output, images included, until scored
         "group_without_images": pickled_bytes([dataclasses.replace(g, images=None) for g in groups]) / n,
+        "training_group": pickled_bytes([g.for_learner() for g in groups]) / n,  # what the buffer holds now
         "trajectory_group": pickled_bytes(traj_groups) / n,
         "trajectory_group_without_images": pickled_bytes([dataclasses.replace(g, images=None)
                                                           for g in traj_groups]) / n,
     }
     latent_ratio = per_sample["x0"] / per_sample["trajectory"]
-    group_ratio = per_sample["group_as_held"] / per_sample["trajectory_group"]
+    group_ratio = per_sample["group_as_sampled"] / per_sample["trajectory_group"]
+    fetch_ratio = per_sample["training_group"] / per_sample["group_as_sampled"]
     sd3 = sd3_medium_analytic()  # the reference: 10 steps, K = 24
     rows = [
         ["x0 per sample (what NFT trains on)", f"{per_sample['x0']:,.0f} B"],
         [f"trajectory per sample ({steps + 1} latents)", f"{per_sample['trajectory']:,.0f} B"],
         ["x0 / trajectory", f"{latent_ratio:.3f} (1/(T+1) = {1 / (steps + 1):.3f})"],
-        ["Group / trajectory Group, as held (images, embeds, seeds, metadata on both sides)", f"{group_ratio:.3f}"],
+        ["Group / trajectory Group, as sampled (images, embeds, seeds, metadata on both sides)", f"{group_ratio:.3f}"],
+        ["held and fetched per rank: TrainingGroup (x0, conditioning) vs the whole scored Group fetched before",
+         f"{per_sample['training_group']:,.0f} B vs {per_sample['group_as_sampled']:,.0f} B ({fetch_ratio:.2f}×)"],
         ["Group / trajectory Group, images dropped after scoring",
          f"{per_sample['group_without_images'] / per_sample['trajectory_group_without_images']:.3f}"],
         ["SD3.5-M 512² (analytic): x0 vs trajectory per sample",
          f"{sd3['x0_bytes'] / 2**10:,.0f} KiB vs {sd3['trajectory_bytes'] / 2**20:.2f} MiB"],
         ["SD3.5-M 512² (analytic): with prompt embeds (K=24), NFT vs trajectory",
          f"{sd3['nft_with_embeds_bytes'] / 2**10:,.0f} KiB vs {sd3['trajectory_with_embeds_bytes'] / 2**20:.2f} MiB"],
-        ["SD3.5-M 512² (analytic): NFT per sample if images stay in the Group",
-         f"{sd3['nft_with_embeds_and_images_bytes'] / 2**10:,.0f} KiB"],
+        ["SD3.5-M 512² (analytic): fetched per sample by a learner rank, before (images in the Group) vs now",
+         f"{sd3['nft_with_embeds_and_images_bytes'] / 2**10:,.0f} KiB vs {sd3['nft_with_embeds_bytes'] / 2**10:,.0f} "
+         f"KiB ({sd3['nft_with_embeds_bytes'] / sd3['nft_with_embeds_and_images_bytes']:.2f}×)"],
     ]
     return {"buffer": {
         "what": "pickled bytes per sample (protocol 5, as Ray stores them) of real Groups from Sampler.sample",
@@ -94,6 +99,7 @@ def measure(ctx: BenchContext) -> dict[str, dict]:
                    "num_steps": steps, "group_size": k, "solver": cfg.sampler.solver, "groups": len(groups)},
         "bytes_per_sample": per_sample,
         "figures": {"x0_over_trajectory": latent_ratio, "group_over_trajectory_group": group_ratio,
+                    "training_group_over_group": fetch_ratio,
                     "ideal": 1 / (steps + 1)},
         "sd3_medium_512": sd3,
         "rows": rows,
@@ -103,6 +109,7 @@ def measure(ctx: BenchContext) -> dict[str, dict]:
                   "(the issue's 1/T is 1/(T+1) when the noise is counted).",
                   "Each Group's x0 is a view of its sample call's tensor: Ray stores a call's Groups as one object, "
                   "so the storage is held once; a Group pickled on its own would carry the whole call's x0.",
-                  "A scored Group still carries its uint8 images in the object store; NFT trains on x0 only, so "
-                  "dropping images after scoring would cut the held bytes further (at 512² an image is 3× an x0)."],
+                  "After scoring, the buffer holds and the learner ranks fetch TrainingGroups (x0, prompt "
+                  "embeddings, timesteps); the images go to the reward side only and are released once scored, "
+                  "apart from one preview image per group kept for the grids (at 512² an image is 3× an x0)."],
     }}

@@ -69,11 +69,11 @@ def sampler_alone(pool: SamplerPool, prompts: PromptSource, calls: int, per_call
 def reward_alone(scorer, refs: list) -> tuple[float, list]:
     """The sampled calls scored all at once through the GroupScorer and the reward replica(s)."""
     start = time.perf_counter()
-    scored = [scorer.score.options(num_returns=2).remote(ref) for ref in refs]
-    summaries = ray.get([s for s, _ in scored])
+    scored = [scorer.score.options(num_returns=3).remote(ref) for ref in refs]
+    summaries = ray.get([s for s, *_ in scored])
     images = sum(s.size for call in summaries for s in call)
     seconds = time.perf_counter() - start
-    return images / seconds, [(call, groups) for call, (_, groups) in zip(summaries, scored, strict=True)]
+    return images / seconds, [(call, training) for call, (_, training, _) in zip(summaries, scored, strict=True)]
 
 
 def learner_alone(learner: LearnerGroup, cfg: Config, scored: list, updates: int) -> float:

@@ -107,7 +107,8 @@ class LearnerConfig(Section):
     global_std: bool = Field(True, description="normalise advantages by the std of all rewards, not the group's")
     mixed_precision: Literal["no", "fp16", "bf16"] = Field("no", description="autocast dtype of the transformer")
     old_policy: OldPolicySchedule = Field(default_factory=OldPolicySchedule, description="θ_old EMA schedule")
-    eval_ema_decay: float = Field(0.9, ge=0, lt=1, description="EMA of θ used for evaluation; warmed up as min((1 + s) / (10 + s), decay)")
+    eval_ema_decay: float = Field(0.9, ge=0, lt=1,
+                                  description="EMA of θ used for evaluation; warmed up as min((1 + s) / (10 + s), decay)")
 
 
 class ScheduleConfig(Section):

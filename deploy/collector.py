@@ -46,7 +46,7 @@ class Collector:
         for scored in self.pool.poll(timeout_s):
             for slot, summary in enumerate(scored.summaries):
                 self.sampled_images += summary.size
-                kept = self.buffer.add(summary, scored.groups_ref, slot)
+                kept = self.buffer.add(summary, scored.training_ref, slot, scored.previews_ref)
                 self.failure_streak = 0 if kept else self.failure_streak + 1
         if self.failure_streak >= self.max_failure_streak:
             raise RuntimeError(f"{self.failure_streak} groups in a row failed scoring; last failure: "

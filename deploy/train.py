@@ -123,9 +123,9 @@ def run_training(cfg: Config, started: list) -> dict[str, Evaluations | None]:
         if cfg.eval.every and step % cfg.eval.every == 0 and step != cfg.run.num_updates:
             run_eval(step)
         if cfg.run.grid_every and step % cfg.run.grid_every == 0:
-            groups = [ray.get(e.ref)[e.slot] for e in batch.entries[:16]]
-            run.grid(f"train_{step:05d}", np.stack([g.images[0] for g in groups]),
-                     [f"{g.prompt} ({g.reward[0]:.2f})" for g in groups])
+            entries = batch.entries[:16]
+            run.grid(f"train_{step:05d}", np.stack([ray.get(e.previews)[e.slot] for e in entries]),
+                     [f"{e.summary.prompt} ({e.summary.reward[0]:.2f})" for e in entries])
         if not ray.wait(applied, num_returns=len(applied), timeout=0)[1]:  # applied behind queued calls
             run.log("broadcast", step, version=version,
                     applied_after_s=max(pool.applied_times(applied), default=published) - published)

@@ -19,8 +19,9 @@ from learner.nft import group_advantages, optimality
 @dataclass(frozen=True)
 class Entry:
     summary: GroupSummary
-    ref: Any  # ObjectRef of the list of Groups one sample call returned
+    ref: Any  # ObjectRef of the list of TrainingGroups one sample call returned
     slot: int  # this group's position in that list
+    previews: Any = None  # ObjectRef of that call's first images (G, H, W, 3), for grids
 
 
 @dataclass(frozen=True)
@@ -29,7 +30,6 @@ class Batch:
 
     entries: tuple[Entry, ...]
     r: torch.Tensor  # (G, K)
-    advantages: torch.Tensor  # (G, K)
     rewards: torch.Tensor  # (G, K)
     policy_versions: tuple[int, ...]  # per group
 
@@ -54,7 +54,7 @@ class Buffer:
     def __len__(self) -> int:
         return len(self.entries)
 
-    def add(self, summary: GroupSummary, ref: Any, slot: int) -> bool:
+    def add(self, summary: GroupSummary, ref: Any, slot: int, previews: Any = None) -> bool:
         """Keep a scored group; a failed one is counted and dropped. Returns whether it was kept."""
         if summary.failure is not None:
             self.counts.failed_groups += 1
@@ -64,7 +64,7 @@ class Buffer:
             self.entries.sort(key=lambda e: e.summary.index)
             self.entries.pop(0)
             self.counts.overflow_groups += 1
-        self.entries.append(Entry(summary, ref, slot))
+        self.entries.append(Entry(summary, ref, slot, previews))
         self.counts.added_groups += 1
         return True
 
@@ -86,5 +86,5 @@ class Buffer:
         group_ids = torch.arange(num_groups).repeat_interleave(rewards.shape[1])
         advantages = group_advantages(rewards.flatten(), group_ids, global_std=self.global_std).view_as(rewards)
         r = optimality(advantages, adv_clip_max=self.adv_clip_max)
-        return Batch(tuple(taken), r.float(), advantages.float(), rewards.float(),
+        return Batch(tuple(taken), r.float(), rewards.float(),
                      tuple(e.summary.policy_version for e in taken))

@@ -21,7 +21,7 @@ import ray
 import torch
 import torch.distributed as dist
 
-from actors.group import Group
+from actors.group import TrainingGroup
 from actors.policy import LAGGED, OLD, THETA, Policy, as_numpy, weights_checksum
 from configs.schema import LearnerConfig, PolicyConfig
 from learner.buffer import Batch
@@ -83,7 +83,7 @@ class Learner:
         """This rank's samples of the batch, shuffled the same way on every rank."""
         refs = list(dict.fromkeys(e.ref for e in batch.entries))
         fetched = dict(zip(refs, ray.get(refs), strict=True))
-        groups: list[Group] = [fetched[e.ref][e.slot] for e in batch.entries]
+        groups: list[TrainingGroup] = [fetched[e.ref][e.slot] for e in batch.entries]
         size = groups[0].size
         order = torch.randperm(len(groups) * size, generator=self.generator)[self.rank::self.world_size]
         g, k = order // size, order % size
