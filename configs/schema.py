@@ -108,7 +108,7 @@ class LearnerConfig(Section):
     mixed_precision: Literal["no", "fp16", "bf16"] = Field("no", description="autocast dtype of the transformer")
     old_policy: OldPolicySchedule = Field(default_factory=OldPolicySchedule, description="θ_old EMA schedule")
     eval_ema_decay: float = Field(0.9, ge=0, lt=1,
-                                  description="EMA of θ used for evaluation; warmed up as min((1 + s) / (10 + s), decay)")
+                                  description="EMA of θ for evaluation, warmed up as min((1 + s)/(10 + s), decay)")
 
 
 class ScheduleConfig(Section):
