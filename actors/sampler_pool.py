@@ -1,4 +1,5 @@
-"""The `SamplerPool`: Sampler actors, each `sample` call chained straight into the GroupScorer.
+"""The `SamplerPool`: Sampler actors; each `sample` call is handed to the caller's `score` step (Ray chains the
+output ref into the GroupScorer, so the driver never touches the images).
 
 It tracks calls in flight per actor, balances new calls to the least busy actor, broadcasts versioned weights,
 and turns a dead actor's call into a resubmission (counted) and a stalled one into a clear error. A Sampler that
@@ -9,6 +10,7 @@ Every θ_old a Sampler applies is verified: its checksum, read back from the ada
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import ray
@@ -19,11 +21,14 @@ from actors.prompts import PromptGroup
 from actors.sampler import Sampler
 from configs.schema import PolicyConfig, SamplerConfig
 
+Score = Callable[[ray.ObjectRef], tuple[ray.ObjectRef, ray.ObjectRef, ray.ObjectRef]]  # sampled -> 3 parts
+
 
 @dataclass
 class Call:
     actor: int
     groups: list[PromptGroup]
+    score: Score  # the scoring step the call's output went to (a resubmission goes there too)
     training_ref: ray.ObjectRef  # list[TrainingGroup] once scored: what the learner fetches
     previews_ref: ray.ObjectRef  # (G, H, W, 3) uint8, the first image of each group, for grids
     seq: int  # submission order: tells whether a θ_old reload of its actor was queued before it
@@ -46,9 +51,9 @@ class WeightSyncError(RuntimeError):
 
 
 class SamplerPool:
-    def __init__(self, policy_cfg: PolicyConfig, sampler_cfg: SamplerConfig, scorer: ray.actor.ActorHandle, *,
-                 max_inflight: int, ready_timeout_s: float = 300.0):
-        self.cfg, self.scorer, self.max_inflight = sampler_cfg, scorer, max_inflight
+    def __init__(self, policy_cfg: PolicyConfig, sampler_cfg: SamplerConfig, *, max_inflight: int,
+                 ready_timeout_s: float = 300.0):
+        self.cfg, self.max_inflight = sampler_cfg, max_inflight
         remote = ray.remote(Sampler).options(num_cpus=sampler_cfg.num_cpus, num_gpus=sampler_cfg.num_gpus,
                                              resources=dict(sampler_cfg.resources),
                                              max_restarts=sampler_cfg.max_restarts, max_task_retries=0)
@@ -63,7 +68,7 @@ class SamplerPool:
         self.restarting: dict[int, ray.ObjectRef] = {}  # actor -> a ready() that answers once Ray has rebuilt it
         self.reloaded_at = [0] * len(self.actors)  # submission seq when a rebuilt actor was sent θ_old
         self.dead: set[int] = set()  # actors past sampler.max_restarts
-        self.waiting: list[list[PromptGroup]] = []  # a dead actor's groups while no actor can take them
+        self.waiting: list[tuple[list[PromptGroup], Score]] = []  # a dead actor's groups while no actor can take them
         self.seq = 0
         ready, pending = ray.wait([a.ready.remote() for a in self.actors], num_returns=len(self.actors),
                                   timeout=ready_timeout_s)
@@ -87,17 +92,19 @@ class SamplerPool:
 
     @property
     def inflight_groups(self) -> int:
-        return sum(len(c.groups) for c in self.calls.values()) + sum(len(groups) for groups in self.waiting)
+        return sum(len(c.groups) for c in self.calls.values()) + sum(len(groups) for groups, _ in self.waiting)
 
-    def submit(self, groups: list[PromptGroup]) -> None:
+    def submit(self, groups: list[PromptGroup], score: Score) -> None:
+        """Sample `groups` on the least busy actor and hand the output ref to `score` (summaries, training groups,
+        previews refs), whose summaries `poll` waits for."""
         if not self.available():
-            self.waiting.append(groups)
+            self.waiting.append((groups, score))
             return
         actor = min(self.available(), key=self.load)
         sampled = self.actors[actor].sample.remote(groups)
-        summaries_ref, training_ref, previews_ref = self.scorer.score.options(num_returns=3).remote(sampled)
+        summaries_ref, training_ref, previews_ref = score(sampled)
         self.seq += 1
-        self.calls[summaries_ref] = Call(actor, groups, training_ref, previews_ref, self.seq,
+        self.calls[summaries_ref] = Call(actor, groups, score, training_ref, previews_ref, self.seq,
                                          self.weights[1] if self.weights else 0)
 
     # ---- completion ---------------------------------------------------------------------------------------
@@ -118,7 +125,7 @@ class SamplerPool:
                     raise  # a bug in sampling or scoring, not a lost actor: surface it
                 self._restarted(call)  # first, so the groups go to another actor
                 self.resubmitted_groups += len(call.groups)
-                self.submit(call.groups)
+                self.submit(call.groups, call.score)
                 continue
             if min(s.policy_version for s in summaries) < call.version:  # sampled by a restarted actor's base
                 self._restarted(call)  # weights: the groups say so, and the buffer judges their staleness
@@ -155,7 +162,7 @@ class SamplerPool:
             raise RuntimeError(f"all {len(self.actors)} Sampler actors died more than sampler.max_restarts "
                                f"({self.cfg.max_restarts}) times; see their errors above (out of memory?)")
         while self.waiting and self.available():
-            self.submit(self.waiting.pop(0))
+            self.submit(*self.waiting.pop(0))
 
     def counts(self) -> dict[str, int]:
         """Fault counts for the run's metrics log."""

@@ -56,7 +56,7 @@ def apply_seconds(policy: Policy, weights: dict, repeats: int) -> dict[str, Spre
 def publish_seconds(cfg: Config, weights: dict, counts: tuple[int, ...], rounds: int) -> dict[str, list[float]]:
     """Per side and round: seconds from publishing fresh θ_old bytes to the last sampler (or receiver) having them."""
     with ray_session():
-        pool = SamplerPool(cfg.policy, cfg.sampler, scorer=None, max_inflight=1)
+        pool = SamplerPool(cfg.policy, cfg.sampler, max_inflight=1)
         receiver = ray.remote(Receiver).options(num_cpus=0).remote()
         ray.get(receiver.ready.remote())
         version = [0]

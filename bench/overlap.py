@@ -104,7 +104,7 @@ def stages_alone(ctx: BenchContext) -> dict[str, float]:
         scorer = ray.remote(GroupScorer).options(num_cpus=0, max_concurrency=64).remote(cfg.reward, urls, replicas)
         learner = LearnerGroup(cfg.policy, cfg.learner, seed=cfg.run.seed,
                                max_policy_lag=cfg.schedule.max_policy_lag)
-        pool = SamplerPool(cfg.policy, cfg.sampler, scorer, max_inflight=cfg.schedule.max_inflight)
+        pool = SamplerPool(cfg.policy, cfg.sampler, max_inflight=cfg.schedule.max_inflight)
         weights, checksum = learner.publish_async("old")
         ray.get(pool.broadcast_weights(weights, 0, checksum))
         prompts = PromptSource(read_prompts(cfg.prompts.train), group_size=cfg.prompts.group_size, seed=1)

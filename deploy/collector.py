@@ -23,14 +23,19 @@ from learner.buffer import Batch, Buffer
 
 
 class Collector:
-    def __init__(self, pool: SamplerPool, prompts: PromptSource, buffer: Buffer, schedule: ScheduleConfig,
-                 sampler_cfg: SamplerConfig, *, log=print, wait_log_s: float = 60.0):
-        self.pool, self.prompts, self.buffer, self.schedule = pool, prompts, buffer, schedule
+    def __init__(self, pool: SamplerPool, scorer: ray.actor.ActorHandle, prompts: PromptSource, buffer: Buffer,
+                 schedule: ScheduleConfig, sampler_cfg: SamplerConfig, *, log=print, wait_log_s: float = 60.0):
+        self.pool, self.scorer, self.prompts, self.buffer, self.schedule = pool, scorer, prompts, buffer, schedule
         self.per_call = sampler_cfg.groups_per_call
         self.log, self.wait_log_s = log, wait_log_s
         self.sampled_images = 0
         self.failure_streak = 0  # groups failed in a row: a reward side that is down must not hang the run
         self.max_failure_streak = 2 * schedule.groups_per_update
+
+    def score(self, sampled: ray.ObjectRef) -> tuple[ray.ObjectRef, ray.ObjectRef, ray.ObjectRef]:
+        """sample → score: a sample call's output ref goes straight to the GroupScorer; back come the refs of the
+        driver's summaries, the learner's TrainingGroups and the grids' previews."""
+        return self.scorer.score.options(num_returns=3).remote(sampled)
 
     def allowed_groups(self, update_running: bool) -> int:
         """How many more groups may be requested now without any of them exceeding max_policy_lag when trained."""
@@ -42,7 +47,7 @@ class Collector:
     def pump(self, update_running: bool, timeout_s: float = 0.05) -> None:
         """Top the pool up within admission control, then move finished calls into the buffer."""
         while self.pool.free_slots() and self.allowed_groups(update_running) >= self.per_call:
-            self.pool.submit([self.prompts.next_group() for _ in range(self.per_call)])
+            self.pool.submit([self.prompts.next_group() for _ in range(self.per_call)], self.score)
         for scored in self.pool.poll(timeout_s):
             for slot, summary in enumerate(scored.summaries):
                 self.sampled_images += summary.size

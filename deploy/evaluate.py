@@ -101,7 +101,7 @@ def run_evaluation(cfg: Config, weights: dict | None, version: int) -> EvalResul
     scorer = ray.remote(GroupScorer).options(num_cpus=0, max_concurrency=64).remote(cfg.reward, urls, replicas)
     pool = None
     try:
-        pool = SamplerPool(cfg.policy, cfg.sampler, scorer, max_inflight=1)
+        pool = SamplerPool(cfg.policy, cfg.sampler, max_inflight=1)
         groups = eval_groups(read_prompts(cfg.prompts.test), images_per_prompt=cfg.eval.images_per_prompt,
                              num_prompts=cfg.eval.num_prompts)
         return evaluate(pool, scorer, groups, ray.put(weights) if weights is not None else None, version, cfg.eval,

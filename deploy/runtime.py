@@ -77,13 +77,13 @@ def build(cfg: Config, started: list) -> Runtime:
     started.append(lambda: [ray.kill(actor) for actor in (scorer, *replicas)])
     learner = LearnerGroup(cfg.policy, cfg.learner, seed=cfg.run.seed, max_policy_lag=cfg.schedule.max_policy_lag)
     started.append(learner.shutdown)
-    pool = SamplerPool(cfg.policy, cfg.sampler, scorer, max_inflight=cfg.schedule.max_inflight)
+    pool = SamplerPool(cfg.policy, cfg.sampler, max_inflight=cfg.schedule.max_inflight)
     started.append(pool.shutdown)
     prompts = PromptSource(read_prompts(cfg.prompts.train), group_size=cfg.prompts.group_size, seed=cfg.prompts.seed)
     buffer = Buffer(capacity=cfg.schedule.buffer_capacity, max_policy_lag=cfg.schedule.max_policy_lag,
                     adv_clip_max=cfg.learner.adv_clip_max, global_std=cfg.learner.global_std)
     bar = tqdm(total=cfg.run.num_updates, disable=not cfg.run.progress, dynamic_ncols=True, desc="NFT")
-    collector = Collector(pool, prompts, buffer, cfg.schedule, cfg.sampler, log=bar.write)
+    collector = Collector(pool, scorer, prompts, buffer, cfg.schedule, cfg.sampler, log=bar.write)
     return Runtime(run, scorer, learner, pool, prompts, buffer, collector, eval_sets(cfg), bar)
 
 

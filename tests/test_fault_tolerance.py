@@ -96,8 +96,8 @@ def test_killed_sampler_and_reward_replica(local_ray, tiny_pipeline, tmp_path, m
         return urls, replicas
 
     class KillingPool(deploy.runtime.SamplerPool):
-        def submit(self, groups):
-            super().submit(groups)
+        def submit(self, groups, score):
+            super().submit(groups, score)
             if self.seq == KILL_SAMPLER_AT:  # the call just submitted is queued or running on that actor
                 ray.kill(self.actors[list(self.calls.values())[-1].actor], no_restart=False)
             if self.seq == KILL_REPLICA_AT:

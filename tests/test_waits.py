@@ -48,7 +48,7 @@ def test_learner_that_cannot_be_placed(local_ray, tiny_pipeline):
 def test_sampler_that_cannot_be_placed(local_ray, tiny_pipeline):
     cfg = config(tiny_pipeline, "sampler.num_cpus=64")
     with pytest.raises(RuntimeError, match=r"not ready within 2s.*Lower sampler.num_actors/num_cpus/num_gpus"):
-        SamplerPool(cfg.policy, cfg.sampler, scorer=None, max_inflight=1, ready_timeout_s=2)
+        SamplerPool(cfg.policy, cfg.sampler, max_inflight=1, ready_timeout_s=2)
 
 
 @ray.remote(num_cpus=0)
@@ -62,10 +62,11 @@ class Unused:
 def test_stalled_sampler_call_is_reported(local_ray, tiny_pipeline):
     # 100 solver steps on 16 images take seconds; a call is reported once it runs past timeout_s (0.5 s).
     cfg = config(tiny_pipeline, "sampler.num_actors=1", "sampler.num_steps=100", "sampler.timeout_s=0.5")
-    pool = SamplerPool(cfg.policy, cfg.sampler, Unused.remote(), max_inflight=1)
+    pool, unused = SamplerPool(cfg.policy, cfg.sampler, max_inflight=1), Unused.remote()
     try:
         pool.submit([PromptGroup(0, "a photo of a circle", {"tag": "single_object", "include": [
-            {"class": "circle", "count": 1}]}, tuple(range(16)))])
+            {"class": "circle", "count": 1}]}, tuple(range(16)))],
+            score=lambda sampled: unused.score.options(num_returns=3).remote(sampled))
         start = time.monotonic()
         with pytest.raises(TimeoutError, match=r"Sampler 0 has not finished a sample call.*sampler.timeout_s = 0.5"):
             while time.monotonic() - start < 60:

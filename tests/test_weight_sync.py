@@ -26,7 +26,7 @@ def test_checksum_tells_equal_from_unequal_weights(policy_cfg):
 def test_broadcasts_are_verified_and_a_corrupted_one_is_caught(local_ray, policy_cfg):
     ray = local_ray
     weights = as_numpy(Policy.from_pretrained(policy_cfg, adapters=(OLD,)).get_weights(OLD))
-    pool = SamplerPool(policy_cfg, SamplerConfig(num_actors=2, num_cpus=0), scorer=None, max_inflight=1)
+    pool = SamplerPool(policy_cfg, SamplerConfig(num_actors=2, num_cpus=0), max_inflight=1)
     try:
         pool.broadcast_weights(ray.put(weights), 1, ray.put(weights_checksum(weights)))
         assert pool.verify(timeout_s=60) == 0 and pool.verified_broadcasts == 2
