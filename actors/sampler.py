@@ -11,6 +11,7 @@ import time
 import numpy as np
 import torch
 
+from actors.affinity import pin
 from actors.group import Group
 from actors.metrics import SamplerMetrics
 from actors.policy import OLD, THETA, Policy, weights_checksum
@@ -23,6 +24,7 @@ class Sampler:
     def __init__(self, policy_cfg: PolicyConfig, sampler_cfg: SamplerConfig, *, index: int = 0,
                  device: str | None = None):
         device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        pin(sampler_cfg.cpu_affinity)
         # θ_old samples the training data; the THETA slot holds weights under evaluation (θ or its EMA).
         self.policy = Policy.from_pretrained(policy_cfg, adapters=(OLD, THETA), device=device)
         self.cfg = sampler_cfg

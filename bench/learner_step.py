@@ -147,7 +147,8 @@ def measure(ctx: BenchContext) -> dict[str, dict]:
                     "peak_mib": {name: s.as_dict() for name, s in mib.items()}},
         "rows": rows,
         "targets": [target("NFT / flow-matching step, kl off", no_kl_ratio.median, 1.45, at_most=True),
-                    target("NFT / flow-matching step, kl on", kl_ratio.median, 1.45, at_most=True)],
+                    # floor 5/3: two no-grad forwards (v_old, v_ref) beside θ's forward and backward
+                    target("NFT / flow-matching step, kl on", kl_ratio.median, 1.8, at_most=True)],
         "notes": ["kl_coef > 0 costs a third forward (v_ref, θ_ref = adapters off); the default kl_coef is 1e-4.",
                   "With LoRA the backward computes no gradient for the frozen base weights, so it costs about one "
                   "forward rather than two; an extra no-grad forward then adds ~50% to a step, not 33%. The "

@@ -49,6 +49,9 @@ class SamplerConfig(Section):
     groups_per_call: int = Field(1, ge=1, description="prompt groups sampled by one `sample` call")
     max_restarts: int = Field(3, ge=0, description="Ray restarts of a dead Sampler actor")
     timeout_s: float = Field(600.0, gt=0, description="a `sample` call slower than this is reported as stalled")
+    cpu_affinity: list[int] = Field(default_factory=list, description="pin each Sampler process to these CPU "
+                                    "cores (os.sched_setaffinity) with one torch thread per core; empty = unpinned. "
+                                    "For measuring stages on one node as a cluster would run them")
 
 
 class PromptConfig(Section):
@@ -89,6 +92,9 @@ class LearnerConfig(Section):
         None, ge=1, description="torch threads per rank (None: Ray's OMP_NUM_THREADS, the whole CPUs reserved, "
         "at least 1); more than num_cpus suits the synchronous schedule, where samplers idle during an update")
     num_gpus: float = Field(0.0, ge=0, description="GPUs reserved per rank")
+    cpu_affinity: list[int] = Field(default_factory=list, description="pin each learner rank to these CPU cores "
+                                    "(os.sched_setaffinity) with num_threads or one torch thread per core; empty = "
+                                    "unpinned. For measuring stages on one node as a cluster would run them")
     resources: dict[str, float] = Field(default_factory=dict, description="custom Ray resources per rank, "
                                         "e.g. {nft_learner: 1}: ranks then run only on nodes that offer them")
     backend: Literal["auto", "gloo", "nccl"] = Field(

@@ -21,6 +21,7 @@ import ray
 import torch
 import torch.distributed as dist
 
+from actors.affinity import pin
 from actors.group import TrainingGroup
 from actors.policy import LAGGED, OLD, THETA, Policy, as_numpy, weights_checksum
 from configs.schema import LearnerConfig, PolicyConfig
@@ -35,7 +36,9 @@ class Learner:
         self.cfg, self.rank, self.world_size, self.seed = learner_cfg, rank, world_size, seed
         self.max_policy_lag = max_policy_lag
         device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-        if learner_cfg.num_threads:
+        if learner_cfg.cpu_affinity:
+            pin(learner_cfg.cpu_affinity, learner_cfg.num_threads)
+        elif learner_cfg.num_threads:
             torch.set_num_threads(learner_cfg.num_threads)
         torch.manual_seed(seed)  # θ and θ_old start equal and identical on every rank
         adapters = (THETA, OLD, LAGGED) if max_policy_lag > 0 else (THETA, OLD)
