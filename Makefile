@@ -34,7 +34,7 @@ prometheus:
 	  echo "prometheus not installed: the dashboard test will be skipped"; }
 
 test: install prometheus
-	$(BIN)/python -m pytest -q -ra tests $(ARGS)
+	$(BIN)/python -m pytest -q -ra --durations=15 tests $(ARGS)
 
 test-fast: install
 	$(BIN)/python -m pytest -q -ra -m "not slow" tests $(ARGS)
