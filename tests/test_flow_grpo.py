@@ -6,7 +6,9 @@ import math
 import pytest
 import torch
 
-from learner.flow_grpo import grpo_loss, sde_std, sde_step, step_log_prob
+from actors.sde import sde_sample, sde_std, sde_step, step_log_prob
+from actors.solvers import sigma_schedule, solve
+from learner.flow_grpo import grpo_loss
 
 
 def test_std_by_hand_and_at_sigma_one():
@@ -94,3 +96,31 @@ def test_kl_term_by_hand_and_required_inputs():
     assert loss.item() == pytest.approx(0.04 * 2.75)
     with pytest.raises(ValueError, match="beta > 0 needs"):
         grpo_loss(zero, zero, zero, clip_range=0.2, adv_clip_max=5.0, beta=0.04)
+
+
+def linear_velocity(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    """v = ε − x0 for a flow whose data is 0.3·(its noise): a smooth stand-in for the policy."""
+    return x * (1 - 0.3) / (t.view(-1, 1, 1, 1) * (1 - 0.3) + 0.3)
+
+
+def test_sde_sample_records_the_trajectory_and_its_log_probs():
+    noise = torch.randn(3, 2, 4, 4, generator=torch.Generator().manual_seed(0))
+    sigmas = sigma_schedule(6, shift=3.0)
+    trajectory = sde_sample(linear_velocity, noise, sigmas, noise_level=0.7, generator=torch.Generator().manual_seed(1))
+    assert trajectory.latents.shape == (3, 7, 2, 4, 4) and trajectory.log_probs.shape == (3, 6)
+    torch.testing.assert_close(trajectory.latents[:, 0], noise)
+    epsilon = torch.Generator().manual_seed(1)
+    for j in range(6):  # each recorded transition is sde_step's draw, and its log-density is recomputable
+        x, t = trajectory.latents[:, j], torch.full((3,), float(sigmas[j]))
+        x_next, mean, std = sde_step(linear_velocity(x, t), x, sigmas[j], sigmas[j + 1], noise_level=0.7,
+                                     sigma_max=float(sigmas[1]), noise=torch.randn(x.shape, generator=epsilon))
+        torch.testing.assert_close(trajectory.latents[:, j + 1], x_next)
+        dt = sigmas[j + 1] - sigmas[j]
+        torch.testing.assert_close(trajectory.log_probs[:, j], step_log_prob(x_next, mean, std, dt))
+
+
+def test_sde_sample_without_noise_is_the_euler_solver():
+    noise = torch.randn(2, 2, 4, 4, generator=torch.Generator().manual_seed(2))
+    sigmas = sigma_schedule(8, shift=3.0)
+    trajectory = sde_sample(linear_velocity, noise, sigmas, noise_level=0.0)
+    torch.testing.assert_close(trajectory.latents[:, -1], solve(linear_velocity, noise, sigmas, "euler"))
