@@ -26,6 +26,8 @@ class Group:
     x0: torch.Tensor  # (K, C, h, w) clean latents
     timesteps: torch.Tensor  # (T,) collection timesteps t in (0, 1], shared by the group's samples
     images: np.ndarray | None  # (K, H, W, 3) uint8
+    latents: torch.Tensor | None = None  # (K, T + 1, C, h, w) the SDE trajectory (Flow-GRPO only)
+    log_probs: torch.Tensor | None = None  # (K, T) each transition's log-density under θ_old (Flow-GRPO only)
     scores: dict[str, list[float]] = field(default_factory=dict)  # every key a scorer reported
     reward: list[float] | None = None  # R = Σ_k w_k · score_k, the training reward
     failure: str | None = None  # why scoring failed; such a group is dropped, never given a default
@@ -35,7 +37,8 @@ class Group:
         return int(self.x0.shape[0])
 
     def for_learner(self) -> TrainingGroup:
-        return TrainingGroup(self.index, self.policy_version, self.x0, self.embeds, self.pooled, self.timesteps)
+        return TrainingGroup(self.index, self.policy_version, self.x0, self.embeds, self.pooled, self.timesteps,
+                             self.latents, self.log_probs)
 
 
 @dataclass(frozen=True)
@@ -48,6 +51,8 @@ class TrainingGroup:
     embeds: torch.Tensor  # (L, D)
     pooled: torch.Tensor  # (D,)
     timesteps: torch.Tensor  # (T,) collection timesteps
+    latents: torch.Tensor | None = None  # (K, T + 1, C, h, w) Flow-GRPO's trajectory; None under NFT
+    log_probs: torch.Tensor | None = None  # (K, T) Flow-GRPO's per-step log-densities under θ_old
 
     @property
     def size(self) -> int:

@@ -52,12 +52,13 @@ class WeightSyncError(RuntimeError):
 
 class SamplerPool:
     def __init__(self, policy_cfg: PolicyConfig, sampler_cfg: SamplerConfig, *, max_inflight: int,
-                 ready_timeout_s: float = 300.0):
+                 noise_level: float | None = None, ready_timeout_s: float = 300.0):
         self.cfg, self.max_inflight = sampler_cfg, max_inflight
         remote = ray.remote(Sampler).options(num_cpus=sampler_cfg.num_cpus, num_gpus=sampler_cfg.num_gpus,
                                              resources=dict(sampler_cfg.resources),
                                              max_restarts=sampler_cfg.max_restarts, max_task_retries=0)
-        self.actors = [remote.remote(policy_cfg, sampler_cfg, index=i) for i in range(sampler_cfg.num_actors)]
+        self.actors = [remote.remote(policy_cfg, sampler_cfg, index=i, noise_level=noise_level)
+                       for i in range(sampler_cfg.num_actors)]
         self.calls: dict[ray.ObjectRef, Call] = {}  # summaries ref -> call
         self.weights: tuple[ray.ObjectRef, int] | None = None
         self.published: dict[int, ray.ObjectRef] = {}  # version -> the learner's checksum of that θ_old

@@ -30,18 +30,20 @@ def _per_sample(value: Tensor | float, like: Tensor) -> Tensor:
     return value.reshape(-1, *([1] * (like.dim() - 1))) if value.dim() else value
 
 
-def sde_std(sigma: Tensor, *, noise_level: float, sigma_max: float) -> Tensor:
-    """std = noise_level · sqrt(σ / (1 − σ)), with σ_max in the denominator where σ = 1."""
-    denominator = 1 - torch.where(sigma == 1, torch.as_tensor(sigma_max, dtype=sigma.dtype), sigma)
+def sde_std(sigma: Tensor, *, noise_level: float, sigma_max: Tensor | float) -> Tensor:
+    """std = noise_level · sqrt(σ / (1 − σ)), with σ_max (scalar or shaped like σ) in the denominator where σ = 1."""
+    sigma_max = torch.as_tensor(sigma_max, dtype=sigma.dtype, device=sigma.device)
+    denominator = 1 - torch.where(sigma == 1, sigma_max, sigma)
     return noise_level * torch.sqrt(sigma / denominator)
 
 
 def sde_step(v: Tensor, xt: Tensor, sigma: Tensor | float, sigma_next: Tensor | float, *, noise_level: float,
-             sigma_max: float, noise: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor]:
-    """One Euler–Maruyama step from σ to σ_next (scalars or one per sample): (x_next, mean, std). Without `noise`
-    x_next is the mean; pass ε ~ N(0, I) shaped like xt to draw. Computed in float32 whatever the input dtype."""
+             sigma_max: Tensor | float, noise: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor]:
+    """One Euler–Maruyama step from σ to σ_next (σ, σ_next, σ_max scalars or one per sample): (x_next, mean, std).
+    Without `noise` x_next is the mean; pass ε ~ N(0, I) shaped like xt to draw. Computed in float32."""
     v, xt = v.float(), xt.float()
     sigma, sigma_next = _per_sample(sigma, xt), _per_sample(sigma_next, xt)
+    sigma_max = _per_sample(sigma_max, xt)
     dt = sigma_next - sigma
     std = sde_std(sigma, noise_level=noise_level, sigma_max=sigma_max)
     mean = xt * (1 + std**2 / (2 * sigma) * dt) + v * (1 + std**2 * (1 - sigma) / (2 * sigma)) * dt

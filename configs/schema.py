@@ -117,6 +117,16 @@ class LearnerConfig(Section):
                                   description="EMA of θ for evaluation, warmed up as min((1 + s)/(10 + s), decay)")
 
 
+class FlowGrpoConfig(Section):
+    """Flow-GRPO's own settings (`algorithm: flow_grpo`); the optimizer and batch settings stay in `learner`."""
+
+    noise_level: float = Field(0.7, gt=0, description="SDE noise: std = noise_level·sqrt(σ/(1−σ)) at collection")
+    clip_range: float = Field(1e-4, gt=0, description="PPO clip of the probability ratio")
+    beta: float = Field(0.0, ge=0, description="weight of the KL of each step to the base model (0 = none)")
+    adv_clip_max: float = Field(5.0, gt=0, description="advantages are clipped to ±adv_clip_max")
+    timestep_fraction: float = Field(0.99, gt=0, le=1, description="share of the collection steps trained on")
+
+
 class ScheduleConfig(Section):
     groups_per_update: int = Field(48, ge=1, description="prompt groups consumed by one learner update")
     max_inflight: int = Field(2, ge=1, description="sample calls in flight per Sampler actor")
@@ -152,6 +162,10 @@ class RunConfig(Section):
 
 
 class Config(Section):
+    algorithm: Literal["nft", "flow_grpo"] = Field(
+        "nft", description="nft: DiffusionNFT on clean x0 from any ODE solver; flow_grpo: Flow-GRPO on SDE "
+        "trajectories with their log-probabilities (its settings: the flow_grpo section)")
+    flow_grpo: FlowGrpoConfig = Field(default_factory=FlowGrpoConfig)
     run: RunConfig = Field(default_factory=RunConfig)
     policy: PolicyConfig
     prompts: PromptConfig
@@ -185,6 +199,13 @@ class Config(Section):
                 "each other: set reward.replicas=0 to use external servers")
         if not self.reward.urls and not self.reward.replicas:
             raise ValueError("reward.replicas is 0 and reward.urls is empty: no reward server to score with")
+        if self.algorithm == "flow_grpo" and self.sampler.num_steps < 2:
+            raise ValueError(f"algorithm flow_grpo needs sampler.num_steps >= 2 (got {self.sampler.num_steps}): its "
+                             "SDE's first step takes σ_max, the schedule's second noise level")
+        if self.algorithm == "flow_grpo" and self.learner.old_policy.cap != 0:
+            raise ValueError(
+                f"algorithm flow_grpo samples with the current θ, so θ_old must copy θ after every update: set "
+                f"learner.old_policy.cap=0 (got {self.learner.old_policy.cap})")
         if self.policy.resolution % 8:
             raise ValueError(f"policy.resolution ({self.policy.resolution}) must be a multiple of 8")
         return self

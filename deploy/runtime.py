@@ -75,14 +75,19 @@ def build(cfg: Config, started: list) -> Runtime:
     scorer = ray.remote(GroupScorer).options(num_cpus=0, max_concurrency=64, max_restarts=3).remote(
         cfg.reward, urls, replicas)
     started.append(lambda: [ray.kill(actor) for actor in (scorer, *replicas)])
-    learner = LearnerGroup(cfg.policy, cfg.learner, seed=cfg.run.seed, max_policy_lag=cfg.schedule.max_policy_lag)
+    grpo = cfg.algorithm == "flow_grpo"  # what differs: what the samplers collect and the learner's loss
+    learner = LearnerGroup(cfg.policy, cfg.learner, seed=cfg.run.seed,
+                           max_policy_lag=0 if grpo else cfg.schedule.max_policy_lag,  # GRPO keeps no θ_old history
+                           flow_grpo=cfg.flow_grpo if grpo else None, guidance_scale=cfg.sampler.guidance_scale)
     started.append(learner.shutdown)
-    pool = SamplerPool(cfg.policy, cfg.sampler, max_inflight=cfg.schedule.max_inflight)
+    pool = SamplerPool(cfg.policy, cfg.sampler, max_inflight=cfg.schedule.max_inflight,
+                       noise_level=cfg.flow_grpo.noise_level if grpo else None)
     started.append(pool.shutdown)
     prompts = PromptSource(read_prompts(cfg.prompts.train), group_size=cfg.prompts.group_size, seed=cfg.prompts.seed)
     buffer = Buffer(capacity=cfg.schedule.buffer_capacity, max_policy_lag=cfg.schedule.max_policy_lag,
                     adv_clip_max=cfg.learner.adv_clip_max, global_std=cfg.learner.global_std)
-    bar = tqdm(total=cfg.run.num_updates, disable=not cfg.run.progress, dynamic_ncols=True, desc="NFT")
+    bar = tqdm(total=cfg.run.num_updates, disable=not cfg.run.progress, dynamic_ncols=True,
+               desc="Flow-GRPO" if grpo else "NFT")
     collector = Collector(pool, scorer, prompts, buffer, cfg.schedule, cfg.sampler, log=bar.write)
     return Runtime(run, scorer, learner, pool, prompts, buffer, collector, eval_sets(cfg), bar)
 

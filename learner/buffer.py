@@ -29,7 +29,8 @@ class Batch:
     """One update's worth of groups: where their tensors are, and each sample's optimality r."""
 
     entries: tuple[Entry, ...]
-    r: torch.Tensor  # (G, K)
+    r: torch.Tensor  # (G, K) NFT's optimality
+    advantages: torch.Tensor  # (G, K) what r is made from; Flow-GRPO trains on them directly
     rewards: torch.Tensor  # (G, K)
     policy_versions: tuple[int, ...]  # per group
 
@@ -86,5 +87,5 @@ class Buffer:
         group_ids = torch.arange(num_groups).repeat_interleave(rewards.shape[1])
         advantages = group_advantages(rewards.flatten(), group_ids, global_std=self.global_std).view_as(rewards)
         r = optimality(advantages, adv_clip_max=self.adv_clip_max)
-        return Batch(tuple(taken), r.float(), rewards.float(),
+        return Batch(tuple(taken), r.float(), advantages.float(), rewards.float(),
                      tuple(e.summary.policy_version for e in taken))

@@ -3,6 +3,10 @@
 `update(batch)` applies the NFT loss on the forward process to this rank's shard of a batch, synchronising
 gradients with DDP when the LearnerGroup has several ranks, then moves θ_old toward θ by the schedule.
 
+Under `algorithm: flow_grpo` the same update applies Flow-GRPO's clipped objective (learner/flow_grpo.py) to the
+stored SDE transitions instead, with θ_old = θ (the samplers draw on-policy) and the samplers' log-probabilities
+as the old ones.
+
 Each sample's v_old comes from the θ_old that drew it. The learner's `version` counts updates, as the broadcast
 does (θ_old of version v is the one published after v updates); under `max_policy_lag` L ≥ 1 it keeps the LoRA
 states of the last L + 1 versions and computes a lagged sample's v_old with its own version in a third adapter.
@@ -24,16 +28,20 @@ import torch.distributed as dist
 from actors.affinity import pin
 from actors.group import TrainingGroup
 from actors.policy import LAGGED, OLD, THETA, Policy, as_numpy, weights_checksum
-from configs.schema import LearnerConfig, PolicyConfig
+from actors.sde import sde_step, step_log_prob
+from configs.schema import FlowGrpoConfig, LearnerConfig, PolicyConfig
 from learner.buffer import Batch
+from learner.flow_grpo import grpo_loss
 from learner.metrics import LearnerMetrics
 from learner.nft import eval_ema_decay, nft_loss, old_policy_decay, training_timesteps
 
 
 class Learner:
     def __init__(self, policy_cfg: PolicyConfig, learner_cfg: LearnerConfig, *, rank: int = 0, world_size: int = 1,
-                 seed: int = 0, max_policy_lag: int = 0, device: str | None = None):
+                 seed: int = 0, max_policy_lag: int = 0, flow_grpo: FlowGrpoConfig | None = None,
+                 guidance_scale: float = 1.0, device: str | None = None):
         self.cfg, self.rank, self.world_size, self.seed = learner_cfg, rank, world_size, seed
+        self.flow_grpo, self.guidance_scale = flow_grpo, guidance_scale  # flow_grpo None: NFT
         self.max_policy_lag = max_policy_lag
         device = device or ("cuda" if torch.cuda.is_available() else "cpu")
         if learner_cfg.cpu_affinity:
@@ -98,6 +106,10 @@ class Learner:
             "timesteps": torch.stack([groups[i].timesteps for i in g.tolist()]),
             "r": batch.r[g, k].to(device),
             "version": torch.tensor(batch.policy_versions)[g],  # the θ_old version that drew each sample
+            **({} if self.flow_grpo is None else {  # Flow-GRPO: the trajectory, its log-probs and A itself
+                "latents": torch.stack([groups[i].latents[j] for i, j in zip(g.tolist(), k.tolist(), strict=True)]),
+                "log_probs": torch.stack([groups[i].log_probs[j] for i, j in zip(g.tolist(), k.tolist(), strict=True)]),
+                "advantages": batch.advantages[g, k]}),
         }
 
     def _autocast(self):
@@ -122,6 +134,42 @@ class Learner:
                 v_theta = self.policy.velocity(xt, t, *cond)
         return nft_loss(v_theta=v_theta, v_old=v_old, v_ref=v_ref, x0=x0, xt=xt, t=t, r=data["r"],
                         nft_beta=self.cfg.nft_beta, kl_coef=self.cfg.kl_coef, adv_clip_max=self.cfg.adv_clip_max)
+
+    def _grpo_loss(self, data: dict[str, torch.Tensor], step: torch.Tensor) -> tuple[torch.Tensor, dict]:
+        """Flow-GRPO on transition `step` (one index per sample) of each stored trajectory."""
+        cfg, device, rows = self.flow_grpo, self.policy.device, torch.arange(len(step))
+        latents = data["latents"]  # (B, T + 1, C, h, w)
+        x, x_next = latents[rows, step].to(device), latents[rows, step + 1].to(device)
+        sigmas = torch.cat([data["timesteps"], data["timesteps"].new_zeros(len(step), 1)], dim=1)  # (B, T + 1)
+        sigma, sigma_next, sigma_max = sigmas[rows, step], sigmas[rows, step + 1], sigmas[:, 1]
+        cond = (data["embeds"], data["pooled"])
+        with self._autocast():
+            with self.policy.adapter(THETA):
+                v_theta = self.guided_velocity(x, sigma.to(device), *cond)
+            step_of = {"noise_level": cfg.noise_level, "sigma_max": sigma_max.to(device)}
+            _, mean, std = sde_step(v_theta, x, sigma.to(device), sigma_next.to(device), **step_of)
+            ref_mean = None
+            if cfg.beta > 0:
+                with torch.no_grad(), self.policy.adapter(None):
+                    v_ref = self.guided_velocity(x, sigma.to(device), *cond)
+                _, ref_mean, _ = sde_step(v_ref, x, sigma.to(device), sigma_next.to(device), **step_of)
+        log_prob = step_log_prob(x_next, mean, std, (sigma_next - sigma).to(device))
+        return grpo_loss(log_prob, data["log_probs"][rows, step].to(device), data["advantages"].to(device),
+                         clip_range=cfg.clip_range, adv_clip_max=cfg.adv_clip_max, mean=mean, ref_mean=ref_mean,
+                         std=std, beta=cfg.beta)
+
+    def guided_velocity(self, x: torch.Tensor, t: torch.Tensor, embeds: torch.Tensor,
+                        pooled: torch.Tensor) -> torch.Tensor:
+        """The active adapter's velocity with the samplers' classifier-free guidance (Flow-GRPO collects with it)."""
+        v = self.policy.velocity(x, t, embeds, pooled)
+        if self.guidance_scale > 1.0:
+            if not hasattr(self, "_uncond"):
+                with torch.no_grad():
+                    self._uncond = self.policy.encode([""])
+            uncond = (self._uncond[0].expand_as(embeds), self._uncond[1].expand_as(pooled))
+            v_uncond = self.policy.velocity(x, t, *uncond)
+            v = v_uncond + self.guidance_scale * (v - v_uncond)
+        return v
 
     @torch.no_grad()
     def old_velocity(self, xt: torch.Tensor, t: torch.Tensor, embeds: torch.Tensor, pooled: torch.Tensor, *,
@@ -160,7 +208,13 @@ class Learner:
 
     def _optimizer_step(self, data: dict[str, torch.Tensor]) -> dict[str, float]:
         cfg = self.cfg
-        times = training_timesteps(data["timesteps"], cfg.timestep_fraction, self.generator)  # (n, T')
+        if self.flow_grpo is None:  # NFT: a share of the collection times, per sample
+            times = training_timesteps(data["timesteps"], cfg.timestep_fraction, self.generator)  # (n, T')
+            pass_loss = self._loss
+        else:  # Flow-GRPO: a share of the stored transitions, per sample (indices)
+            steps = torch.arange(data["log_probs"].shape[1]).repeat(len(data["log_probs"]), 1)  # (n, T)
+            times = training_timesteps(steps, self.flow_grpo.timestep_fraction, self.generator)  # (n, T')
+            pass_loss = self._grpo_loss
         micro = [torch.arange(len(times))[i:i + cfg.micro_batch_size]
                  for i in range(0, len(times), cfg.micro_batch_size)]
         passes, sums = len(micro) * times.shape[1], {}
@@ -170,7 +224,7 @@ class Learner:
                 last = m == len(micro) - 1 and j == times.shape[1] - 1
                 sync = contextlib.nullcontext() if last or self.world_size == 1 else self.policy.denoiser.no_sync()
                 with sync:
-                    loss, metrics = self._loss({k: v[index] for k, v in data.items()}, times[index, j])
+                    loss, metrics = pass_loss({k: v[index] for k, v in data.items()}, times[index, j])
                     self.scaler.scale(loss / passes).backward()
                 for key, value in metrics.items():
                     sums[key] = sums.get(key, 0.0) + float(value) / passes

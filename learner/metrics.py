@@ -8,14 +8,15 @@ from typing import Any
 
 from actors.metrics import HeldGauge
 
-LOSS_TERMS = ("loss", "policy_loss", "positive_loss", "negative_loss", "kl", "old_deviation")
+LOSS_TERMS = ("loss", "policy_loss", "positive_loss", "negative_loss", "kl", "old_deviation",  # NFT
+              "ratio", "approx_kl", "clip_fraction")  # Flow-GRPO
 
 
 class LearnerMetrics:
     def __init__(self, rank: int):
         self.update_seconds = HeldGauge("nft_learner_update_seconds", "seconds of the last update on this rank",
                                         tag_keys=("rank",))
-        self.loss = HeldGauge("nft_learner_loss", "NFT loss terms of the last update, averaged over its passes",
+        self.loss = HeldGauge("nft_learner_loss", "loss terms of the last update, averaged over its passes",
                               tag_keys=("rank", "term"))
         self.grad_norm = HeldGauge("nft_learner_grad_norm", "gradient norm before clipping, last update's mean",
                                    tag_keys=("rank",))
@@ -26,5 +27,6 @@ class LearnerMetrics:
         """Export one `Learner.update` result."""
         self.update_seconds.set(float(result["seconds"]))
         for term in LOSS_TERMS:
-            self.loss.set(float(result[term]), tags={"term": term})
+            if term in result:  # each algorithm reports its own terms
+                self.loss.set(float(result[term]), tags={"term": term})
         self.grad_norm.set(float(result["grad_norm"]))
