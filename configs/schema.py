@@ -42,7 +42,8 @@ class SamplerConfig(Section):
     num_gpus: float = Field(0.0, ge=0, description="GPUs reserved per Sampler actor")
     resources: dict[str, float] = Field(default_factory=dict, description="custom Ray resources per Sampler actor, "
                                         "e.g. {nft_sampler: 1}: it then runs only on nodes that offer them")
-    solver: Literal["euler", "dpm2", "unipc"] = Field("dpm2", description="ODE solver for data collection")
+    solver: Literal["euler", "dpm2", "unipc"] = Field(
+        "dpm2", description="ODE solver for data collection (NFT; Flow-GRPO collects with its SDE) and evaluation")
     num_steps: int = Field(10, ge=1, description="solver steps per image during collection")
     shift: float = Field(3.0, gt=0, description="SD3 sigma shift of the timestep schedule")
     guidance_scale: float = Field(1.0, ge=1.0, description="classifier-free guidance; 1.0 = off, as NFT collects")
