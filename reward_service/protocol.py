@@ -17,6 +17,8 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from reward_service.scorers import Scores
 
+MAX_PROMPT_CHARS = 4096  # a prompt longer than this is refused: scorers (OCR's edit distance) cost grows with it
+
 
 class ScoreRequest(BaseModel):
     """POST /v1/score body: N images with their prompts and GenEval-style metadata."""
@@ -33,6 +35,10 @@ class ScoreRequest(BaseModel):
     def _check_lengths(self) -> ScoreRequest:
         if len(self.prompts) != len(self.images):
             raise ValueError(f"{len(self.images)} images but {len(self.prompts)} prompts: send one prompt per image")
+        long = [i for i, prompt in enumerate(self.prompts) if len(prompt) > MAX_PROMPT_CHARS]
+        if long:
+            raise ValueError(f"prompt {long[0]} has {len(self.prompts[long[0]])} characters ({len(long)} prompts over "
+                             f"the limit): send prompts of at most {MAX_PROMPT_CHARS} characters")
         if not self.metadata:
             self.metadata = [{} for _ in self.images]
         elif len(self.metadata) != len(self.images):
@@ -55,6 +61,8 @@ class ScorersResponse(BaseModel):
     max_batch: int
     max_image_side: int
     max_body_bytes: int
+    max_request_pixels: int
+    max_prompt_chars: int
 
 
 class ErrorResponse(BaseModel):
@@ -80,11 +88,13 @@ def encode_images(images: np.ndarray) -> list[str]:
     return encoded
 
 
-def decode_images(encoded: list[str], max_side: int | None = None) -> np.ndarray:
-    """N base64 PNG strings -> (N, H, W, 3) uint8. Raises ValueError naming the bad image and why."""
+def decode_images(encoded: list[str], max_side: int | None = None, max_pixels: int | None = None) -> np.ndarray:
+    """N base64 PNG strings -> (N, H, W, 3) uint8. Raises ValueError naming the bad image and why, and
+    ImageTooLargeError for an image over `max_side` or a request over `max_pixels` decoded pixels in all (both
+    checked on the PNG headers before decoding, so small compressed images of huge size cost no memory)."""
     if not encoded:
         raise ValueError("no images: send at least one")
-    arrays = []
+    arrays, pixels = [], 0
     for index, text in enumerate(encoded):
         try:
             raw = base64.b64decode(text, validate=True)
@@ -102,6 +112,10 @@ def decode_images(encoded: list[str], max_side: int | None = None) -> np.ndarray
         # Checked on the header, before decoding, so an oversized image costs no memory.
         if max_side is not None and max(width, height) > max_side:
             raise ImageTooLargeError(f"image {index} is {width}x{height}, over max_image_side ({max_side} pixels)")
+        pixels += width * height
+        if max_pixels is not None and pixels > max_pixels:
+            raise ImageTooLargeError(f"images 0..{index} hold {pixels} pixels, over max_request_pixels ({max_pixels}); "
+                                     "send fewer or smaller images per request")
         if image.mode != "RGB":
             raise ValueError(f"image {index} has mode {image.mode!r}; send RGB (H, W, 3) uint8 images")
         try:

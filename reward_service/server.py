@@ -28,6 +28,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, G
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from reward_service.protocol import (
+    MAX_PROMPT_CHARS,
     ErrorResponse,
     ImageTooLargeError,
     ScoreRequest,
@@ -44,6 +45,8 @@ log = logging.getLogger(__name__)
 DEFAULT_MAX_BODY_BYTES = 128 * 2**20  # 64 images of 512x512 as base64 PNG stay under ~70 MiB
 DEFAULT_MAX_BATCH = 256
 DEFAULT_MAX_IMAGE_SIDE = 2048
+DEFAULT_MAX_REQUEST_PIXELS = 64 * 1024 * 1024  # decoded pixels per request: 64 images of 1024², ~200 MB as uint8
+MAX_ERROR_CHARS = 1000  # an error message never carries more than this (it must not echo large input back)
 
 
 class ServerMetrics:
@@ -178,6 +181,8 @@ class BatchingScorer:
 
 
 def _error(status: int, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
+    if len(message) > MAX_ERROR_CHARS:
+        message = message[:MAX_ERROR_CHARS] + f"… ({len(message) - MAX_ERROR_CHARS} characters cut)"
     return JSONResponse(ErrorResponse(error=message).model_dump(), status_code=status, headers=headers)
 
 
@@ -225,9 +230,10 @@ class RequestGuard:
         await self.app(scope, replay, send)
 
 
-def _reject(metrics: ServerMetrics, status: int, message: str, names: Sequence[str] = ("none",)) -> JSONResponse:
+def _reject(metrics: ServerMetrics, status: int, message: str, names: Sequence[str] = ("none",),
+            headers: dict[str, str] | None = None) -> JSONResponse:
     metrics.count(names, status)
-    return _error(status, message)
+    return _error(status, message, headers)
 
 
 def _add_error_handlers(app: FastAPI, metrics: ServerMetrics) -> None:
@@ -244,10 +250,11 @@ def _add_error_handlers(app: FastAPI, metrics: ServerMetrics) -> None:
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
-        return _reject(metrics, exc.status_code, str(exc.detail))
+        return _reject(metrics, exc.status_code, str(exc.detail), headers=getattr(exc, "headers", None))  # e.g. Allow
 
 
-def _score_endpoint(batchers: dict[str, BatchingScorer], metrics: ServerMetrics, max_batch: int, max_image_side: int):
+def _score_endpoint(batchers: dict[str, BatchingScorer], metrics: ServerMetrics, max_batch: int, max_image_side: int,
+                    max_request_pixels: int):
     """POST /v1/score: check scorers and limits, decode off the loop, run every scorer, merge their scores."""
 
     async def score(request: ScoreRequest) -> ScoreResponse | JSONResponse:
@@ -263,7 +270,8 @@ def _score_endpoint(batchers: dict[str, BatchingScorer], metrics: ServerMetrics,
             return _reject(metrics, 413, f"batch of {len(request.images)} images exceeds max_batch ({max_batch}); "
                                          "split it", names)
         try:
-            images = await run_in_threadpool(decode_images, request.images, max_image_side)  # (N, H, W, 3)
+            images = await run_in_threadpool(decode_images, request.images, max_image_side,
+                                             max_request_pixels)  # (N, H, W, 3)
         except ImageTooLargeError as e:
             return _reject(metrics, 413, str(e), names)
         except ValueError as e:
@@ -288,7 +296,8 @@ def _score_endpoint(batchers: dict[str, BatchingScorer], metrics: ServerMetrics,
 
 def create_app(scorers: dict[str, Scorer], *, api_key: str | None = None,
                max_body_bytes: int = DEFAULT_MAX_BODY_BYTES, max_batch: int = DEFAULT_MAX_BATCH,
-               max_image_side: int = DEFAULT_MAX_IMAGE_SIDE) -> FastAPI:
+               max_image_side: int = DEFAULT_MAX_IMAGE_SIDE,
+               max_request_pixels: int = DEFAULT_MAX_REQUEST_PIXELS) -> FastAPI:
     """The reward API: POST /v1/score, GET /v1/scorers, /healthz, /metrics, OpenAPI at /docs.
 
     Protocol in docs/architecture.md, 'Reward-server HTTP protocol'.
@@ -308,18 +317,21 @@ def create_app(scorers: dict[str, Scorer], *, api_key: str | None = None,
                   responses={code: {"model": ErrorResponse} for code in (400, 401, 413, 422, 500)})
     app.add_middleware(RequestGuard, api_key=api_key, max_body_bytes=max_body_bytes, metrics=metrics)
     _add_error_handlers(app, metrics)
-    app.post("/v1/score", response_model=ScoreResponse)(_score_endpoint(batchers, metrics, max_batch, max_image_side))
+    app.post("/v1/score", response_model=ScoreResponse)(
+        _score_endpoint(batchers, metrics, max_batch, max_image_side, max_request_pixels))
 
     @app.get("/v1/scorers", response_model=ScorersResponse)
     async def list_scorers() -> ScorersResponse:
         return ScorersResponse(scorers=sorted(batchers), max_batch=max_batch, max_image_side=max_image_side,
-                               max_body_bytes=max_body_bytes)
+                               max_body_bytes=max_body_bytes, max_request_pixels=max_request_pixels,
+                               max_prompt_chars=MAX_PROMPT_CHARS)
 
     @app.get("/healthz")
     async def healthz() -> dict[str, Any]:
         return {"status": "ok", "scorers": sorted(batchers)}
 
-    @app.get("/metrics")
+    @app.get("/metrics", response_class=Response,
+             responses={200: {"description": "Prometheus text exposition", "content": {"text/plain": {}}}})
     async def metrics_text() -> Response:
         return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
@@ -370,6 +382,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--max-body-bytes", type=int, default=DEFAULT_MAX_BODY_BYTES)
     parser.add_argument("--max-batch", type=int, default=DEFAULT_MAX_BATCH, help="images per request at most")
     parser.add_argument("--max-image-side", type=int, default=DEFAULT_MAX_IMAGE_SIDE, help="pixels, width or height")
+    parser.add_argument("--max-request-pixels", type=int, default=DEFAULT_MAX_REQUEST_PIXELS,
+                        help="decoded pixels per request at most, all images together")
     parser.add_argument("--log-level", default="info")
     parser.add_argument("--access-log", action="store_true", help="log every request (noise at scale)")
     args = parser.parse_args(argv)
@@ -385,7 +399,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     except ValueError as e:
         parser.error(str(e))
     app = create_app(scorers, api_key=api_key, max_body_bytes=args.max_body_bytes, max_batch=args.max_batch,
-                     max_image_side=args.max_image_side)
+                     max_image_side=args.max_image_side, max_request_pixels=args.max_request_pixels)
     sock = bind_socket(args.host, args.port)
     host, port = sock.getsockname()[:2]
     shown = f"[{host}]" if ":" in host else host

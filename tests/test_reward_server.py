@@ -202,7 +202,7 @@ def test_scorers_endpoint_and_openapi(served):
     http, _ = served
     listed = http.get("/v1/scorers", headers=AUTH).json()
     assert listed == {"scorers": ["jpeg_compressibility", "mean"], "max_batch": 8, "max_image_side": 64,
-                      "max_body_bytes": 200_000}
+                      "max_body_bytes": 200_000, "max_request_pixels": 64 * 1024 * 1024, "max_prompt_chars": 4096}
     assert "/v1/score" in http.get("/openapi.json").json()["paths"]
     assert http.get("/nowhere").json() == {"error": "Not Found"}
 
