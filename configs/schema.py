@@ -157,6 +157,9 @@ class RunConfig(Section):
     grid_every: int = Field(10, ge=0, description="save a sample grid every this many updates (0 = never)")
     resume: str = Field("never", description="'never', 'auto' (latest checkpoint of the run dir) or a checkpoint dir")
     progress: bool = Field(True, description="show a progress bar")
+    trackers: list[Literal["tensorboard", "wandb"]] = Field(
+        default_factory=list, description="experiment trackers besides the run directory (wandb honours "
+        "WANDB_MODE=offline and WANDB_PROJECT)")
     metrics_port: int | None = Field(
         None, ge=1, le=65535, description="Prometheus port of Ray's metrics agent when the run starts its own Ray "
         "(None = a free one; on a cluster `ray start --metrics-export-port` sets it)")

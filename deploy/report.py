@@ -64,10 +64,12 @@ def save_curves(path: str | Path, records: list[dict[str, Any]], *, train_key: s
 
 
 class RunDirectory:
-    """runs/<name>/: config.yaml, metrics.jsonl, grids/, curves.png, checkpoints/."""
+    """runs/<name>/: config.yaml, metrics.jsonl, grids/, curves.png, checkpoints/; every record and grid also goes to
+    the run's experiment trackers, when it has some (deploy/trackers.py)."""
 
     def __init__(self, root: str | Path, config_yaml: str):
         self.root = Path(root)
+        self.trackers = None  # deploy.trackers.Trackers, attached by the runtime when run.trackers names any
         (self.root / "grids").mkdir(parents=True, exist_ok=True)
         (self.root / "config.yaml").write_text(config_yaml)
         self.metrics_path = self.root / "metrics.jsonl"
@@ -81,6 +83,8 @@ class RunDirectory:
         self.records.append(record)
         with self.metrics_path.open("a") as f:
             f.write(json.dumps(record) + "\n")
+        if self.trackers is not None:
+            self.trackers.log(record)
         return record
 
     def truncate(self, step: int) -> None:
@@ -90,7 +94,16 @@ class RunDirectory:
         self.start = time.time() - (self.records[-1]["elapsed_s"] if self.records else 0.0)
 
     def grid(self, name: str, images: np.ndarray, captions: list[str]) -> Path:
-        return save_grid(self.root / "grids" / f"{name}.png", images, captions)
+        """grids/<name>.png; a name ending in _NNNNN is logged to the trackers under the rest, at step NNNNN."""
+        path = save_grid(self.root / "grids" / f"{name}.png", images, captions)
+        if self.trackers is not None:
+            base, _, step = name.rpartition("_")
+            at = int(step) if step.isdigit() else (self.records[-1]["step"] if self.records else 0)
+            self.trackers.image(base if step.isdigit() else name, np.asarray(Image.open(path).convert("RGB")), at)
+        return path
+
+    def tracker_ids(self) -> dict[str, str]:
+        return self.trackers.ids() if self.trackers is not None else {}
 
     def curves(self, *, train_key: str, test_key: str) -> Path:
         return save_curves(self.root / "curves.png", self.records, train_key=train_key, test_key=test_key)

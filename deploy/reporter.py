@@ -7,6 +7,7 @@ grids and gauges. At the end: the `final` record, curves.png and the before/afte
 
 from __future__ import annotations
 
+import math
 import time
 from typing import Any
 
@@ -28,6 +29,16 @@ def headline_key(cfg: Config, evaluations: Evaluations | None) -> str:
     name = next(iter(cfg.reward.weights))
     means = next(iter(evaluations.values())).means if evaluations else {}
     return f"{name}_strict" if f"{name}_strict" in means else name
+
+
+def train_scores(batch: Batch) -> dict[str, float]:
+    """The batch's mean score per score key (NaN, a key a scorer left out for an image, is skipped)."""
+    means = {}
+    for key in batch.entries[0].summary.scores:
+        values = [v for e in batch.entries for v in e.summary.scores.get(key, ()) if math.isfinite(v)]
+        if values:
+            means[key] = sum(values) / len(values)
+    return means
 
 
 class Reporter:
@@ -58,7 +69,8 @@ class Reporter:
             "update", version, version=version, reward=float(batch.rewards.mean()), policy_lag=lag,
             images_sampled=rt.collector.sampled_images,
             images_per_s=rt.collector.sampled_images / max(time.time() - self.run.start, 1e-9),
-            verified_broadcasts=rt.pool.verified_broadcasts, **metrics, **times, **vars(rt.buffer.counts),
+            verified_broadcasts=rt.pool.verified_broadcasts, train_scores=train_scores(batch), **metrics, **times,
+            **vars(rt.buffer.counts),
             **rt.pool.counts(), **ray.get(rt.scorer.counts.remote()))
         self.bar.update(1)
         self.bar.set_postfix(reward=f"{record['reward']:.3f}", loss=f"{metrics['loss']:.4f}", lag=lag,

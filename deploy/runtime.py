@@ -4,6 +4,7 @@ the GroupScorer, the LearnerGroup, the SamplerPool, prompts, Buffer and Collecto
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,6 +21,7 @@ from configs.schema import Config, RewardConfig
 from deploy.collector import Collector
 from deploy.metrics import write_prometheus_targets
 from deploy.report import RunDirectory
+from deploy.trackers import Trackers
 from learner.buffer import Buffer
 from learner.learner_group import LearnerGroup
 from reward_service.client import RewardClient
@@ -65,9 +67,15 @@ class Runtime:
     bar: tqdm
 
 
-def build(cfg: Config, started: list) -> Runtime:
-    """Reward servers, GroupScorer, LearnerGroup, SamplerPool, prompts, Buffer; `started` collects shutdowns."""
+def build(cfg: Config, started: list, resume: Path | None = None) -> Runtime:
+    """Reward servers, GroupScorer, LearnerGroup, SamplerPool, prompts, Buffer, trackers; `started` collects
+    shutdowns. A run resumed from `resume` continues its trackers' runs (their ids are in the checkpoint)."""
     run = RunDirectory(Path(cfg.run.output_dir) / cfg.run.name, dump_config(cfg))
+    if cfg.run.trackers:
+        ids = json.loads((resume / "state.json").read_text()).get("trackers", {}) if resume else {}
+        run.trackers = Trackers(list(cfg.run.trackers), run.root, cfg.run.name, cfg.model_dump(mode="json"),
+                                dump_config(cfg), ids)
+        started.append(run.trackers.close)
     local = not os.environ.get("RAY_ADDRESS")
     urls, replicas = start_reward(cfg.reward, local=local)
     write_prometheus_targets(Path(cfg.run.output_dir) / "prometheus_targets" / f"{cfg.run.name}.json", urls,

@@ -46,7 +46,7 @@ def run_training(cfg: Config, started: list) -> dict[str, Evaluations | None]:
     resume = resolve_resume(cfg.run.resume, Path(cfg.run.output_dir) / cfg.run.name / "checkpoints")
     torch.manual_seed(cfg.run.seed)
     np.random.seed(cfg.run.seed)
-    rt = build(cfg, started)
+    rt = build(cfg, started, resume=resume)
     learner, pool, collector, report = rt.learner, rt.pool, rt.collector, Reporter(cfg, rt)
 
     def broadcast(version: int) -> list[ray.ObjectRef]:
@@ -85,7 +85,8 @@ def run_training(cfg: Config, started: list) -> dict[str, Evaluations | None]:
             run_eval(version)
         if version == cfg.run.num_updates or cfg.run.checkpoint_every and version % cfg.run.checkpoint_every == 0:
             save_checkpoint(rt.run.root / "checkpoints", Progress(version, version), learner=learner,
-                            prompts=rt.prompts, lora=cfg.policy.lora, config_yaml=dump_config(cfg))
+                            prompts=rt.prompts, lora=cfg.policy.lora, config_yaml=dump_config(cfg),
+                            tracker_ids=rt.run.tracker_ids())
     results["after"] = run_eval(version)
     report.finished(version, results, learner_checksums=learner.checksums(),
                     unverified_broadcasts=pool.verify(timeout_s=cfg.sampler.timeout_s))

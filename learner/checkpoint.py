@@ -71,7 +71,7 @@ def read_lora(source: str | Path) -> tuple[dict[str, torch.Tensor], LoraConfig]:
 
 
 def save_checkpoint(root: Path, progress: Progress, *, learner: LearnerGroup, prompts: PromptSource,
-                    lora: LoraConfig, config_yaml: str) -> Path:
+                    lora: LoraConfig, config_yaml: str, tracker_ids: dict[str, str] | None = None) -> Path:
     """Write `root/step_NNNNN/`; written under a temporary name first, so a crash never leaves half a checkpoint."""
     final = Path(root) / f"step_{progress.step:05d}"
     partial = final.with_name(final.name + ".partial")
@@ -82,7 +82,7 @@ def save_checkpoint(root: Path, progress: Progress, *, learner: LearnerGroup, pr
         save_lora(partial / name, ranks[0].pop(name), lora)
     torch.save({"learner": ranks, "driver_torch_rng": torch.get_rng_state()}, partial / "training_state.pt")
     state = {"step": progress.step, "version": progress.version, "optimizer_step": ranks[0]["step"],
-             "prompts": prompts.state(), "saved_at": time.time()}
+             "prompts": prompts.state(), "saved_at": time.time(), "trackers": tracker_ids or {}}
     (partial / "state.json").write_text(json.dumps(state, indent=2) + "\n")
     (partial / "config.yaml").write_text(config_yaml)
     shutil.rmtree(final, ignore_errors=True)  # a re-run over the same step replaces it
