@@ -8,7 +8,7 @@ FIND    := $(if $(wildcard /opt/wheels),--find-links /opt/wheels,)
 CONFIG  ?= configs/tiny_cpu.yaml
 ARGS    ?=
 
-.PHONY: install run reproduce test test-fast lint bench reward pretrain evaluate prometheus clean
+.PHONY: install run reproduce test test-fast lint bench reward pretrain evaluate prometheus clean constraints
 
 install: $(VENV)/.installed
 
@@ -56,3 +56,8 @@ evaluate: install
 
 clean:
 	rm -rf runs .pytest_cache
+
+# deploy/constraints.txt: the versions of this environment, for every node of a cluster (torch left out)
+constraints: install
+	{ sed -n '1,3p' deploy/constraints.txt; $(BIN)/pip freeze --exclude-editable | grep -v -i -E '^(torch|nvidia-|triton|hadolint)'; } > deploy/constraints.tmp
+	mv deploy/constraints.tmp deploy/constraints.txt
