@@ -73,6 +73,10 @@ class RewardConfig(Section):
     resources: dict[str, float] = Field(default_factory=dict, description="custom Ray resources per reward replica, "
                                         "e.g. {nft_reward: 1}: it then runs only on nodes that offer them")
     api_key: str | None = Field(None, description="Bearer key the servers require and the client sends")
+    protocol: Literal["nft", "flow_grpo_geneval"] = Field(
+        "nft", description="wire protocol of the reward servers: ours, or the Flow-GRPO ecosystem's GenEval server "
+        "(pickle over HTTP: for trusted servers only, since unpickling an answer can run code; reward.urls only, "
+        "weights on geneval / geneval_strict)")
     timeout_s: float = Field(60.0, gt=0, description="HTTP timeout of one score request")
     max_retries: int = Field(3, ge=0, description="retries of a failed request, each on another replica")
     max_batch: int = Field(64, ge=1, description="images per HTTP request")
@@ -197,6 +201,12 @@ class Config(Section):
             raise ValueError(
                 f"schedule.buffer_capacity ({self.schedule.buffer_capacity}) must hold one update: "
                 f">= schedule.groups_per_update ({self.schedule.groups_per_update})")
+        if self.reward.protocol == "flow_grpo_geneval" and (
+                self.reward.replicas or set(self.reward.weights) - {"geneval", "geneval_strict"}):
+            raise ValueError(
+                "reward.protocol flow_grpo_geneval talks to an external GenEval server: set reward.replicas=0, "
+                "reward.urls to its address, and weights on geneval and/or geneval_strict only "
+                f"(got replicas {self.reward.replicas}, weights {dict(self.reward.weights)})")
         if self.reward.urls and self.reward.replicas:
             raise ValueError(
                 f"reward.urls ({len(self.reward.urls)} given) and reward.replicas ({self.reward.replicas}) exclude "

@@ -48,7 +48,7 @@ def start_reward(cfg: RewardConfig, local: bool) -> tuple[list[str], list]:
         urls = ray.get([r.url.remote() for r in replicas], timeout=600)
     else:
         urls = list(cfg.urls)
-    asyncio.run(RewardClient(urls, api_key=cfg.api_key, timeout_s=cfg.timeout_s).check_health())
+    asyncio.run(RewardClient.from_config(cfg, urls).check_health())
     return urls, replicas
 
 

@@ -75,9 +75,13 @@ class RewardClient:
 
     @classmethod
     def from_config(cls, cfg: RewardConfig, urls: Sequence[str] = ()) -> RewardClient:
-        """A client for `urls` (the Ray replicas' `url()`), or for cfg.urls when none are given."""
-        return cls(list(urls) or list(cfg.urls), api_key=cfg.api_key, timeout_s=cfg.timeout_s,
-                   max_retries=cfg.max_retries, max_batch=cfg.max_batch)
+        """A client for `urls` (the Ray replicas' `url()`), or for cfg.urls when none are given, speaking
+        `cfg.protocol`: ours, or the Flow-GRPO GenEval server's (reward_service/flow_grpo_geneval.py)."""
+        kind = cls
+        if cfg.protocol == "flow_grpo_geneval":
+            from reward_service.flow_grpo_geneval import FlowGrpoGenevalClient as kind
+        return kind(list(urls) or list(cfg.urls), api_key=cfg.api_key, timeout_s=cfg.timeout_s,
+                    max_retries=cfg.max_retries, max_batch=cfg.max_batch)
 
     def set_urls(self, urls: Sequence[str]) -> None:
         """Send from now on to `urls` (a replica restarted by Ray serves on a new port); stats of old URLs stay."""
@@ -190,10 +194,7 @@ class RewardClient:
 
     async def _score_chunk(self, images: np.ndarray, prompts: list[str], metadata: list[dict],
                            scorers: Sequence[str] | None) -> Scores:
-        encoded = await asyncio.to_thread(encode_images, images)  # PNG encoding is CPU work: off the loop
-        request = ScoreRequest(prompts=prompts, metadata=metadata, images=encoded,
-                               scorers=list(scorers) if scorers is not None else None)
-        content = request.model_dump_json().encode()
+        content = await asyncio.to_thread(self._encode, images, prompts, metadata, scorers)  # CPU work: off the loop
         tried: list[str] = []
         last_error = ""
         for attempt in range(self.max_retries + 1):
@@ -231,10 +232,23 @@ class RewardClient:
             self._replicas[url].outstanding += 1
         return url
 
+    def _encode(self, images: np.ndarray, prompts: list[str], metadata: list[dict],
+                scorers: Sequence[str] | None) -> bytes:
+        """The request body of one chunk: our protocol's JSON with PNG images."""
+        request = ScoreRequest(prompts=prompts, metadata=metadata, images=encode_images(images),
+                               scorers=list(scorers) if scorers is not None else None)
+        return request.model_dump_json().encode()
+
+    def _decode(self, content: bytes) -> Scores:
+        """Scores from a 200 answer's body; ValidationError/ValueError when it is not one."""
+        return ScoreResponse.model_validate_json(content).scores
+
+    SCORE_PATH = "/v1/score"
+
     async def _post(self, url: str, content: bytes, n: int, scorers: Sequence[str] | None) -> Scores:
         start = time.monotonic()
         try:
-            response = await self._client().post(f"{url}/v1/score", content=content)
+            response = await self._client().post(f"{url}{self.SCORE_PATH}", content=content)
         except httpx.TransportError as e:  # connect errors, timeouts, connections dropped mid-request
             error = f"{type(e).__name__}: {e}" if str(e) else type(e).__name__
             raise _RetryableError(self._count_failure(url, error, retryable=True)) from e
@@ -248,7 +262,7 @@ class RewardClient:
             error = self._count_failure(url, f"HTTP {response.status_code}: {_error_text(response)}", retryable=False)
             raise RewardError(f"{url} rejected the score request ({error}); not retried: every replica would")
         try:
-            scores = ScoreResponse.model_validate_json(response.content).scores
+            scores = self._decode(response.content)
             missing = sorted(set(scorers or ()) - set(scores))
             if missing or any(len(values) != n for values in scores.values()):
                 raise ValueError(f"answer lacks scorers {missing} or holds other than {n} values per key")
