@@ -6,6 +6,7 @@ alone (measured here).
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import time
@@ -87,12 +88,15 @@ def learner_alone(learner: LearnerGroup, cfg: Config, scored: list, updates: int
             buffer.add(summary, ref, slot)
     batch = buffer.pop_batch(cfg.schedule.groups_per_update, learner_version=0)
     assert batch is not None, "the sampler stage produced fewer groups than one update needs"
-    ray.get(learner.update_async(batch))  # warm-up
     seconds = []
-    for _ in range(updates):
+    for version in range(updates + 1):  # the first is a warm-up
+        # the same samples each time, stamped with the learner's current version: the learner computes v_old with
+        # the θ_old that drew a sample and refuses one older than max_policy_lag; the cost does not depend on it
+        current = dataclasses.replace(batch, policy_versions=(version,) * len(batch.policy_versions))
         start = time.perf_counter()
-        ray.get(learner.update_async(batch))
-        seconds.append(time.perf_counter() - start)
+        ray.get(learner.update_async(current))
+        if version:
+            seconds.append(time.perf_counter() - start)
     return images_per_update(cfg) / Spread.of(seconds).median
 
 
