@@ -112,6 +112,7 @@ class Policy:
             p.requires_grad_(is_theta)
         self.denoiser: torch.nn.Module = transformer  # the learner swaps in a DDP wrapper of the transformer
         self._active: str | None = None
+        self._uncond: tuple[torch.Tensor, torch.Tensor] | None = None  # the empty prompt's conditioning, for CFG
         self.use_adapter(adapters[0] if adapters else None)
 
     @classmethod
@@ -168,6 +169,17 @@ class Policy:
                           encoder_hidden_states=embeds.to(dtype), pooled_projections=pooled.to(dtype),
                           return_dict=False)[0]
         return v.float()
+
+    def guided_velocity(self, xt: torch.Tensor, t: torch.Tensor, embeds: torch.Tensor, pooled: torch.Tensor,
+                        guidance_scale: float) -> torch.Tensor:
+        """`velocity` with classifier-free guidance v_u + g·(v − v_u) against the empty prompt when g > 1."""
+        v = self.velocity(xt, t, embeds, pooled)
+        if guidance_scale > 1.0:
+            if self._uncond is None:
+                self._uncond = self.encode([""])
+            v_uncond = self.velocity(xt, t, self._uncond[0].expand_as(embeds), self._uncond[1].expand_as(pooled))
+            v = v_uncond + guidance_scale * (v - v_uncond)
+        return v
 
     @torch.no_grad()
     def decode(self, x0: torch.Tensor) -> np.ndarray:

@@ -75,17 +75,10 @@ class Sampler:
         noise = torch.stack([torch.randn(policy.latent_shape, generator=torch.Generator().manual_seed(seed))
                              for g in groups for seed in g.seeds]).to(policy.device)  # (G·K, C, h, w)
         cond = (embeds.repeat_interleave(size, 0), pooled.repeat_interleave(size, 0))
-        if guidance_scale > 1.0:
-            empty = policy.encode([""])
-            uncond = (empty[0].expand_as(cond[0]), empty[1].expand_as(cond[1]))
         sigmas = sigma_schedule(num_steps, self.cfg.shift)
 
         def velocity(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-            v = policy.velocity(x, t, *cond)
-            if guidance_scale > 1.0:
-                v_uncond = policy.velocity(x, t, *uncond)
-                v = v_uncond + guidance_scale * (v - v_uncond)
-            return v
+            return policy.guided_velocity(x, t, *cond, guidance_scale)
 
         latents = log_probs = None
         with policy.adapter(adapter):

@@ -145,31 +145,18 @@ class Learner:
         cond = (data["embeds"], data["pooled"])
         with self._autocast():
             with self.policy.adapter(THETA):
-                v_theta = self.guided_velocity(x, sigma.to(device), *cond)
+                v_theta = self.policy.guided_velocity(x, sigma.to(device), *cond, self.guidance_scale)
             step_of = {"noise_level": cfg.noise_level, "sigma_max": sigma_max.to(device)}
             _, mean, std = sde_step(v_theta, x, sigma.to(device), sigma_next.to(device), **step_of)
             ref_mean = None
             if cfg.beta > 0:
                 with torch.no_grad(), self.policy.adapter(None):
-                    v_ref = self.guided_velocity(x, sigma.to(device), *cond)
+                    v_ref = self.policy.guided_velocity(x, sigma.to(device), *cond, self.guidance_scale)
                 _, ref_mean, _ = sde_step(v_ref, x, sigma.to(device), sigma_next.to(device), **step_of)
         log_prob = step_log_prob(x_next, mean, std, (sigma_next - sigma).to(device))
         return grpo_loss(log_prob, data["log_probs"][rows, step].to(device), data["advantages"].to(device),
                          clip_range=cfg.clip_range, adv_clip_max=cfg.adv_clip_max, mean=mean, ref_mean=ref_mean,
                          std=std, beta=cfg.beta)
-
-    def guided_velocity(self, x: torch.Tensor, t: torch.Tensor, embeds: torch.Tensor,
-                        pooled: torch.Tensor) -> torch.Tensor:
-        """The active adapter's velocity with the samplers' classifier-free guidance (Flow-GRPO collects with it)."""
-        v = self.policy.velocity(x, t, embeds, pooled)
-        if self.guidance_scale > 1.0:
-            if not hasattr(self, "_uncond"):
-                with torch.no_grad():
-                    self._uncond = self.policy.encode([""])
-            uncond = (self._uncond[0].expand_as(embeds), self._uncond[1].expand_as(pooled))
-            v_uncond = self.policy.velocity(x, t, *uncond)
-            v = v_uncond + self.guidance_scale * (v - v_uncond)
-        return v
 
     @torch.no_grad()
     def old_velocity(self, xt: torch.Tensor, t: torch.Tensor, embeds: torch.Tensor, pooled: torch.Tensor, *,
