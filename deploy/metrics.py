@@ -16,6 +16,16 @@ from actors.sampler_pool import SamplerPool
 from learner.buffer import Batch, Buffer
 
 
+def train_scores(batch: Batch) -> dict[str, float]:
+    """The batch's mean score per score key (NaN, a key a scorer left out for an image, is skipped)."""
+    means = {}
+    for key in batch.entries[0].summary.scores:
+        values = [v for e in batch.entries for v in e.summary.scores.get(key, ()) if math.isfinite(v)]
+        if values:
+            means[key] = sum(values) / len(values)
+    return means
+
+
 class DriverMetrics:
     """Set once per update. Drop counts are gauges of running totals, so a healthy run shows 0, not no series."""
 
@@ -51,10 +61,8 @@ class DriverMetrics:
         self.version.set(version)
         self.lag.set(lag)
         self.reward.set(float(batch.rewards.mean()))
-        for scorer in batch.entries[0].summary.scores:
-            values = [v for e in batch.entries for v in e.summary.scores[scorer] if math.isfinite(v)]
-            if values:  # keys the reward is not made of may be missing (NaN) for some images
-                self.score.set(sum(values) / len(values), tags={"scorer": scorer})
+        for scorer, mean in train_scores(batch).items():
+            self.score.set(mean, tags={"scorer": scorer})
         self.buffered.set(len(buffer))
         counts = buffer.counts
         for reason, total in (("stale", counts.stale_groups), ("failed", counts.failed_groups),

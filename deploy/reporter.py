@@ -7,7 +7,6 @@ grids and gauges. At the end: the `final` record, curves.png and the before/afte
 
 from __future__ import annotations
 
-import math
 import time
 from typing import Any
 
@@ -16,7 +15,7 @@ import ray
 
 from actors.evaluation import EvalResult
 from configs.schema import Config
-from deploy.metrics import DriverMetrics
+from deploy.metrics import DriverMetrics, train_scores
 from deploy.runtime import Runtime
 from learner.buffer import Batch
 
@@ -29,16 +28,6 @@ def headline_key(cfg: Config, evaluations: Evaluations | None) -> str:
     name = next(iter(cfg.reward.weights))
     means = next(iter(evaluations.values())).means if evaluations else {}
     return f"{name}_strict" if f"{name}_strict" in means else name
-
-
-def train_scores(batch: Batch) -> dict[str, float]:
-    """The batch's mean score per score key (NaN, a key a scorer left out for an image, is skipped)."""
-    means = {}
-    for key in batch.entries[0].summary.scores:
-        values = [v for e in batch.entries for v in e.summary.scores.get(key, ()) if math.isfinite(v)]
-        if values:
-            means[key] = sum(values) / len(values)
-    return means
 
 
 class Reporter:
