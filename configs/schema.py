@@ -104,7 +104,12 @@ class LearnerConfig(Section):
                                         "e.g. {nft_learner: 1}: ranks then run only on nodes that offer them")
     backend: Literal["auto", "gloo", "nccl"] = Field(
         "auto", description="torch.distributed backend; auto = nccl on GPU")
-    lr: float = Field(3e-4, gt=0, description="AdamW learning rate")
+    lr: float = Field(3e-4, gt=0, description="AdamW learning rate (the peak, under a cosine schedule)")
+    lr_schedule: Literal["constant", "cosine"] = Field(
+        "constant", description="constant lr, or a cosine decay from lr to lr·lr_final_ratio over lr_decay_updates")
+    lr_final_ratio: float = Field(0.1, ge=0, le=1, description="cosine: the lr it ends at, as a share of lr")
+    lr_decay_updates: int = Field(0, ge=0, description="cosine: updates the decay spans, then flat (0 = the run's "
+                                  "run.num_updates)")
     betas: tuple[float, float] = Field((0.9, 0.999), description="AdamW betas")
     weight_decay: float = Field(1e-4, ge=0, description="AdamW weight decay")
     adam_eps: float = Field(1e-8, gt=0, description="AdamW epsilon")

@@ -86,7 +86,8 @@ def build(cfg: Config, started: list, resume: Path | None = None) -> Runtime:
     grpo = cfg.algorithm == "flow_grpo"  # what differs: what the samplers collect and the learner's loss
     learner = LearnerGroup(cfg.policy, cfg.learner, seed=cfg.run.seed,
                            max_policy_lag=0 if grpo else cfg.schedule.max_policy_lag,  # GRPO keeps no θ_old history
-                           flow_grpo=cfg.flow_grpo if grpo else None, guidance_scale=cfg.sampler.guidance_scale)
+                           flow_grpo=cfg.flow_grpo if grpo else None, guidance_scale=cfg.sampler.guidance_scale,
+                           total_updates=cfg.run.num_updates)
     started.append(learner.shutdown)
     pool = SamplerPool(cfg.policy, cfg.sampler, max_inflight=cfg.schedule.max_inflight,
                        noise_level=cfg.flow_grpo.noise_level if grpo else None)

@@ -33,16 +33,21 @@ from configs.schema import FlowGrpoConfig, LearnerConfig, PolicyConfig
 from learner.buffer import Batch
 from learner.flow_grpo import grpo_loss
 from learner.metrics import LearnerMetrics
-from learner.nft import eval_ema_decay, nft_loss, old_policy_decay, training_timesteps
+from learner.nft import eval_ema_decay, learning_rate, nft_loss, old_policy_decay, training_timesteps
 
 
 class Learner:
     def __init__(self, policy_cfg: PolicyConfig, learner_cfg: LearnerConfig, *, rank: int = 0, world_size: int = 1,
                  seed: int = 0, max_policy_lag: int = 0, flow_grpo: FlowGrpoConfig | None = None,
-                 guidance_scale: float = 1.0, device: str | None = None):
+                 guidance_scale: float = 1.0, total_updates: int = 0, device: str | None = None):
         self.cfg, self.rank, self.world_size, self.seed = learner_cfg, rank, world_size, seed
         self.flow_grpo, self.guidance_scale = flow_grpo, guidance_scale  # flow_grpo None: NFT
         self.max_policy_lag = max_policy_lag
+        decay_updates = learner_cfg.lr_decay_updates or total_updates
+        if learner_cfg.lr_schedule == "cosine" and not decay_updates:
+            raise ValueError("learner.lr_schedule cosine needs the updates its decay spans: set "
+                             "learner.lr_decay_updates or pass the run's total_updates")
+        self.lr_decay_steps = decay_updates * learner_cfg.gradient_steps_per_update
         device = device or ("cuda" if torch.cuda.is_available() else "cpu")
         if learner_cfg.cpu_affinity:
             pin(learner_cfg.cpu_affinity, learner_cfg.num_threads)
@@ -216,6 +221,9 @@ class Learner:
                 for key, value in metrics.items():
                     sums[key] = sums.get(key, 0.0) + float(value) / passes
         self.scaler.unscale_(self.optimizer)
+        for group in self.optimizer.param_groups:
+            group["lr"] = learning_rate(self.step, lr=cfg.lr, schedule=cfg.lr_schedule, decay_steps=self.lr_decay_steps,
+                                        final_ratio=cfg.lr_final_ratio)
         grad_norm = float(torch.nn.utils.clip_grad_norm_(list(self.theta.values()), cfg.max_grad_norm))
         if math.isfinite(grad_norm) and all(math.isfinite(v) for v in sums.values()):
             self.scaler.step(self.optimizer)
@@ -241,7 +249,8 @@ class Learner:
         self.version += 1
         self._keep_old_version()
         metrics = {key: sum(s[key] for s in steps) / len(steps) for key in steps[0]}
-        result = {**metrics, "old_decay": decay, "optimizer_step": self.step, "skipped_steps": self.skipped_steps,
+        result = {**metrics, "lr": self.optimizer.param_groups[0]["lr"],
+                  "old_decay": decay, "optimizer_step": self.step, "skipped_steps": self.skipped_steps,
                   "samples": len(data["x0"]), "lagged_samples": int((data["version"] < self.version - 1).sum()),
                   "seconds": time.perf_counter() - start}
         self.metrics.updated(result)

@@ -26,7 +26,7 @@ def bundles(num_ranks: int, num_cpus: float, num_gpus: float,
 class LearnerGroup:
     def __init__(self, policy_cfg: PolicyConfig, learner_cfg: LearnerConfig, *, seed: int, max_policy_lag: int = 0,
                  flow_grpo: FlowGrpoConfig | None = None, guidance_scale: float = 1.0,
-                 placement_timeout_s: float = 120.0):
+                 total_updates: int = 0, placement_timeout_s: float = 120.0):
         self.cfg = learner_cfg
         self.placement = placement_group(bundles(learner_cfg.num_ranks, learner_cfg.num_cpus, learner_cfg.num_gpus,
                                                  learner_cfg.resources), strategy="PACK")
@@ -44,7 +44,8 @@ class LearnerGroup:
                            resources=dict(learner_cfg.resources),
                            scheduling_strategy=PlacementGroupSchedulingStrategy(self.placement, i)).remote(
                 policy_cfg, learner_cfg, rank=i, world_size=learner_cfg.num_ranks, seed=seed,
-                max_policy_lag=max_policy_lag, flow_grpo=flow_grpo, guidance_scale=guidance_scale)
+                max_policy_lag=max_policy_lag, flow_grpo=flow_grpo, guidance_scale=guidance_scale,
+                total_updates=total_updates)
             for i in range(learner_cfg.num_ranks)]
         master_addr, master_port = ray.get(self.ranks[0].address.remote())
         ray.get([rank.setup.remote(master_addr, master_port) for rank in self.ranks])

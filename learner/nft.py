@@ -24,6 +24,8 @@ Deviations from the paper and the reference implementation, in plain words:
 The weights are float64 as specified, so the division promotes L± and the returned loss to float64.
 """
 
+import math
+
 import torch
 from torch import Tensor
 
@@ -107,6 +109,15 @@ def nft_loss(
 def old_policy_decay(step: int, *, flat: int, uprate: float, cap: float) -> float:
     """d(s) = 0 if s < flat else min(uprate·(s − flat), cap); then θ_old ← d·θ_old + (1 − d)·θ."""
     return 0.0 if step < flat else min(uprate * (step - flat), cap)
+
+
+def learning_rate(step: int, *, lr: float, schedule: str, decay_steps: int, final_ratio: float) -> float:
+    """lr of optimizer step `step` (0-based): constant, or a cosine from lr down to lr·final_ratio over decay_steps
+    steps, then flat at lr·final_ratio."""
+    if schedule == "constant":
+        return lr
+    progress = min(step / max(decay_steps, 1), 1.0)
+    return lr * (final_ratio + (1 - final_ratio) * 0.5 * (1 + math.cos(math.pi * progress)))
 
 
 def eval_ema_decay(step: int, decay: float) -> float:

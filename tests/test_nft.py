@@ -4,7 +4,15 @@ import pytest
 import torch
 from torch.testing import assert_close
 
-from learner.nft import eval_ema_decay, group_advantages, nft_loss, old_policy_decay, optimality, training_timesteps
+from learner.nft import (
+    eval_ema_decay,
+    group_advantages,
+    learning_rate,
+    nft_loss,
+    old_policy_decay,
+    optimality,
+    training_timesteps,
+)
 
 EPS = 1e-4
 
@@ -213,6 +221,15 @@ def test_metrics_are_detached_scalars():
 def test_old_policy_decay(schedule, steps_and_decays):
     for step, decay in steps_and_decays:
         assert old_policy_decay(step, **schedule) == pytest.approx(decay)
+
+
+def test_learning_rate_schedules():
+    assert learning_rate(57, lr=2e-3, schedule="constant", decay_steps=100, final_ratio=0.1) == 2e-3
+    cosine = [learning_rate(s, lr=2e-3, schedule="cosine", decay_steps=100, final_ratio=0.1) for s in range(130)]
+    assert cosine[0] == pytest.approx(2e-3)
+    assert cosine[50] == pytest.approx(1.1e-3)  # halfway: the mean of the peak and the floor
+    assert cosine[100] == pytest.approx(2e-4) and cosine[129] == pytest.approx(2e-4)  # flat at the floor after
+    assert all(a >= b for a, b in zip(cosine, cosine[1:], strict=False))
 
 
 def test_training_timesteps_are_a_per_sample_subset_without_repeats():
