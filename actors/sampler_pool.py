@@ -3,7 +3,8 @@ output ref into the GroupScorer, so the driver never touches the images).
 
 It tracks calls in flight per actor, balances new calls to the least busy actor, broadcasts versioned weights,
 and turns a dead actor's call into a resubmission (counted) and a stalled one into a clear error. A Sampler that
-Ray restarted gets the latest θ_old before any other call; one past sampler.max_restarts leaves the pool.
+Ray restarted (on another node when its node was lost) gets the latest θ_old before any other call; one past
+sampler.max_restarts leaves the pool, and one that finds no node with its resources for sampler.timeout_s stops the run.
 Every θ_old a Sampler applies is verified: its checksum, read back from the adapter, must equal the learner's.
 """
 
@@ -14,7 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import ray
-from ray.exceptions import RayActorError, RayTaskError
+from ray.exceptions import ObjectLostError, RayActorError, RayTaskError
 
 from actors.group import GroupSummary
 from actors.prompts import PromptGroup
@@ -52,8 +53,8 @@ class WeightSyncError(RuntimeError):
 
 class SamplerPool:
     def __init__(self, policy_cfg: PolicyConfig, sampler_cfg: SamplerConfig, *, max_inflight: int,
-                 noise_level: float | None = None, ready_timeout_s: float = 300.0):
-        self.cfg, self.max_inflight = sampler_cfg, max_inflight
+                 noise_level: float | None = None, ready_timeout_s: float = 300.0, log=print):
+        self.cfg, self.max_inflight, self.log = sampler_cfg, max_inflight, log
         remote = ray.remote(Sampler).options(num_cpus=sampler_cfg.num_cpus, num_gpus=sampler_cfg.num_gpus,
                                              resources=dict(sampler_cfg.resources),
                                              max_restarts=sampler_cfg.max_restarts, max_task_retries=0)
@@ -67,6 +68,7 @@ class SamplerPool:
         self.resubmitted_groups = 0
         self.restarts = [0] * len(self.actors)  # deaths seen per actor: failed calls or calls run on base weights
         self.restarting: dict[int, ray.ObjectRef] = {}  # actor -> a ready() that answers once Ray has rebuilt it
+        self.restart_began: dict[int, float] = {}  # actor -> when its death was seen
         self.reloaded_at = [0] * len(self.actors)  # submission seq when a rebuilt actor was sent θ_old
         self.dead: set[int] = set()  # actors past sampler.max_restarts
         self.waiting: list[tuple[list[PromptGroup], Score]] = []  # a dead actor's groups while no actor can take them
@@ -121,10 +123,10 @@ class SamplerPool:
             call = self.calls.pop(ref)
             try:
                 summaries = ray.get(ref)
-            except (RayActorError, RayTaskError) as error:
-                if isinstance(error, RayTaskError) and not isinstance(error.cause, RayActorError):
-                    raise  # a bug in sampling or scoring, not a lost actor: surface it
-                self._restarted(call)  # first, so the groups go to another actor
+            except (RayActorError, RayTaskError, ObjectLostError) as error:
+                if isinstance(error, RayTaskError) and not isinstance(error.cause, (RayActorError, ObjectLostError)):
+                    raise  # a bug in sampling or scoring, not a lost actor or node: surface it
+                self._restarted(call, error)  # first, so the groups go to another actor
                 self.resubmitted_groups += len(call.groups)
                 self.submit(call.groups, call.score)
                 continue
@@ -134,13 +136,21 @@ class SamplerPool:
         self._check_stalled()
         return done
 
-    def _restarted(self, call: Call) -> None:
+    def _restarted(self, call: Call, error: Exception | None = None) -> None:
         """Ray rebuilds a dead Sampler from the base weights: count each death once and wait for it to be back."""
         if call.actor in self.restarting or call.actor in self.dead or call.seq <= self.reloaded_at[call.actor]:
             return  # a call submitted before the actor was rebuilt: the same death, already handled
         self.restarts[call.actor] += 1
         # retried by Ray until the actor is alive again; it fails only once the actor is out of restarts
         self.restarting[call.actor] = self.actors[call.actor].ready.options(max_task_retries=-1).remote()
+        self.restart_began[call.actor] = time.time()
+        cause = f" ({type(error).__name__})" if error is not None else ""
+        self.log(f"Sampler {call.actor} lost{cause}: Ray restarts it on a node with {self.needs()} free; "
+                 f"its groups go to the other Samplers")
+
+    def needs(self) -> str:
+        """The resources one Sampler reserves, as Ray schedules it."""
+        return str({"CPU": self.cfg.num_cpus, "GPU": self.cfg.num_gpus, **self.cfg.resources})
 
     def _check_restarts(self) -> None:
         """A rebuilt actor gets the latest θ_old ahead of any call (an actor runs its calls in order)."""
@@ -150,11 +160,13 @@ class SamplerPool:
             if ref not in finished:
                 continue
             del self.restarting[actor]
+            waited = time.time() - self.restart_began.pop(actor)
             try:
                 ray.get(ref)
             except RayActorError:
                 self.dead.add(actor)  # past sampler.max_restarts
                 continue
+            self.log(f"Sampler {actor} is back after {waited:.0f}s")
             if self.weights is not None:
                 weights_ref, version = self.weights
                 self.unverified.append((actor, version, self.actors[actor].load_weights.remote(weights_ref, version)))
@@ -162,8 +174,20 @@ class SamplerPool:
         if len(self.dead) == len(self.actors):
             raise RuntimeError(f"all {len(self.actors)} Sampler actors died more than sampler.max_restarts "
                                f"({self.cfg.max_restarts}) times; see their errors above (out of memory?)")
+        late = {a: time.time() - t for a, t in self.restart_began.items() if time.time() - t > self.cfg.timeout_s}
+        if late:
+            raise TimeoutError(
+                f"Sampler(s) {sorted(late)} not restarted within sampler.timeout_s ({self.cfg.timeout_s:.0f}s): no "
+                f"node has {self.needs()} free (the cluster has {ray.available_resources()} free). Add a node that "
+                f"offers these resources (grow the sampler node group), or lower sampler.num_actors/num_cpus/num_gpus")
         while self.waiting and self.available():
             self.submit(*self.waiting.pop(0))
+
+    def waiting_for(self) -> str:
+        """What the pool waits for, for the driver's wait log: Samplers being restarted and what they need."""
+        if not self.restarting:
+            return ""
+        return f"Samplers {sorted(self.restarting)} wait to be restarted on a node with {self.needs()} free"
 
     def counts(self) -> dict[str, int]:
         """Fault counts for the run's metrics log."""

@@ -20,6 +20,7 @@ from configs.schema import RewardConfig
 from reward_service.client import RewardClient, RewardError
 
 REPLICA_RESTART_TIMEOUT_S = 600.0  # a restarted replica builds its scorers again: minutes for large models
+REPLICA_WAIT_LOG_S = 10.0  # a replica not back by then is said to be waiting (for a node with its resources)
 
 
 def combine(scores: dict[str, list[float | None]], weights: dict[str, float]) -> tuple[list[float] | None, str | None]:
@@ -42,6 +43,7 @@ class GroupScorer:
 
     def __init__(self, reward_cfg: RewardConfig, urls: list[str], replicas: list | None = None):
         self.weights = dict(reward_cfg.weights)
+        self.needs = {"CPU": reward_cfg.num_cpus, "GPU": reward_cfg.num_gpus, **reward_cfg.resources}
         self.client = RewardClient.from_config(reward_cfg, urls)
         # RewardReplica actor handles: Ray restarts a dead replica on a new port, and only the actor can say which.
         self.replicas = list(replicas or [])
@@ -95,11 +97,22 @@ class GroupScorer:
 
     async def _refresh_urls(self) -> bool:
         failures = self.client.stats()["failures"]
-        # url() waits while Ray restarts a replica; one out of restarts (or slower than the bound) is left out.
-        answers = await asyncio.gather(*(asyncio.wait_for(replica.url.remote(), REPLICA_RESTART_TIMEOUT_S)
-                                         for replica in self.replicas), return_exceptions=True)
+        # url() is retried while Ray restarts a replica (on another node if its node was lost), so it answers from
+        # the new address; one out of restarts, or not back within the bound, is left out.
+        asking = [asyncio.ensure_future(asyncio.wait_for(replica.url.options(max_task_retries=-1).remote(),
+                                                         REPLICA_RESTART_TIMEOUT_S)) for replica in self.replicas]
+        _, waiting = await asyncio.wait(asking, timeout=REPLICA_WAIT_LOG_S)
+        if waiting:  # meanwhile the client sends only to the replicas that answered
+            print(f"GroupScorer: reward replicas {[i for i, a in enumerate(asking) if a in waiting]} are being "
+                  f"restarted and wait for a node with {self.needs} free (up to {REPLICA_RESTART_TIMEOUT_S:.0f}s); "
+                  f"scoring goes on on the others. If none comes, grow the reward node group", flush=True)
+            self._set_urls([a.result() for a in asking if a.done() and not a.exception()])
+        answers = await asyncio.gather(*asking, return_exceptions=True)
         self._failures_seen = failures
-        urls = [answer for answer in answers if isinstance(answer, str)]
+        return self._set_urls([answer for answer in answers if isinstance(answer, str)])
+
+    def _set_urls(self, urls: list[str]) -> bool:
+        """Send to `urls` from now on; whether they changed (none: keep the old ones, the client raises there)."""
         if not urls or urls == self.client.urls:
             return False
         print(f"GroupScorer: reward replicas now serve at {urls} (were {self.client.urls})", flush=True)

@@ -68,7 +68,8 @@ class Collector:
                 self.log(f"waiting {last_log - start:.0f}s for a batch: {len(self.buffer)}/"
                          f"{self.schedule.groups_per_update} groups buffered, {self.pool.inflight_groups} in flight, "
                          f"{counts.failed_groups} failed, {counts.stale_groups} stale"
-                         + (f"; last failure: {counts.failures[-1]}" if counts.failures else ""))
+                         + (f"; last failure: {counts.failures[-1]}" if counts.failures else "")
+                         + (f"; {self.pool.waiting_for()}" if self.pool.waiting_for() else ""))
         return batch
 
     def wait(self, refs: list, *, update_running: bool = True) -> None:

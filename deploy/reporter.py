@@ -16,7 +16,7 @@ import ray
 from actors.evaluation import EvalResult
 from configs.schema import Config
 from deploy.metrics import DriverMetrics, train_scores
-from deploy.runtime import Runtime
+from deploy.runtime import Runtime, node_resources, placement
 from learner.buffer import Batch
 
 Evaluations = dict[str, EvalResult]  # evaluation set -> its result
@@ -35,6 +35,11 @@ class Reporter:
         self.cfg, self.rt = cfg, rt
         self.run, self.bar = rt.run, rt.bar
         self.gauges = DriverMetrics()
+
+    def placed(self, version: int) -> None:
+        """The `placement` record: the node each role's actors run on (a restarted actor's new node at the end)."""
+        nodes = placement(self.rt, log=self.bar.write)
+        self.run.log("placement", version, nodes=nodes, node_resources=node_resources())
 
     def resumed(self, version: int, checkpoint: str) -> None:
         self.run.truncate(version)
@@ -58,7 +63,8 @@ class Reporter:
             "update", version, version=version, reward=float(batch.rewards.mean()), policy_lag=lag,
             images_sampled=rt.collector.sampled_images,
             images_per_s=rt.collector.sampled_images / max(time.time() - self.run.start, 1e-9),
-            verified_broadcasts=rt.pool.verified_broadcasts, train_scores=train_scores(batch), **metrics, **times,
+            verified_broadcasts=rt.pool.verified_broadcasts, train_scores=train_scores(batch),
+            groups=[e.summary.index for e in batch.entries], **metrics, **times,
             **vars(rt.buffer.counts),
             **rt.pool.counts(), **ray.get(rt.scorer.counts.remote()))
         self.bar.update(1)
@@ -78,7 +84,7 @@ class Reporter:
         self.bar.close()
         self.run.log("final", version, version=version, learner_checksums=learner_checksums,
                      verified_broadcasts=rt.pool.verified_broadcasts, unverified_broadcasts=unverified_broadcasts,
-                     resubmitted_groups=rt.pool.resubmitted_groups, **vars(rt.buffer.counts))
+                     **vars(rt.buffer.counts), **rt.pool.counts(), **ray.get(rt.scorer.counts.remote()))
         self.run.curves(train_key="reward", test_key=headline_key(self.cfg, results["after"]))
         if results["before"] and results["after"]:
             self.before_after(results["before"], results["after"])

@@ -10,6 +10,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import ray
+from ray.exceptions import RayActorError
+from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 from tqdm import tqdm
 
 from actors.evaluation import HELD_OUT, IN_DISTRIBUTION, eval_groups
@@ -58,6 +60,7 @@ class Runtime:
 
     run: RunDirectory
     scorer: ray.actor.ActorHandle
+    replicas: list  # RewardReplica actors (none with external reward.urls)
     learner: LearnerGroup
     pool: SamplerPool
     prompts: PromptSource
@@ -80,8 +83,11 @@ def build(cfg: Config, started: list, resume: Path | None = None) -> Runtime:
     urls, replicas = start_reward(cfg.reward, local=local)
     write_prometheus_targets(Path(cfg.run.output_dir) / "prometheus_targets" / f"{cfg.run.name}.json", urls,
                              own_ray=local)
-    scorer = ray.remote(GroupScorer).options(num_cpus=0, max_concurrency=64, max_restarts=3).remote(
-        cfg.reward, urls, replicas)
+    # On the driver's node (the head on a cluster), so losing a sampler or reward node does not take scoring with it.
+    # Not soft: a soft affinity let Ray put it on a sampler node of a multi-node cluster (tests/test_multinode.py).
+    driver_node = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
+    scorer = ray.remote(GroupScorer).options(num_cpus=0, max_concurrency=64, max_restarts=3,
+                                             scheduling_strategy=driver_node).remote(cfg.reward, urls, replicas)
     started.append(lambda: [ray.kill(actor) for actor in (scorer, *replicas)])
     grpo = cfg.algorithm == "flow_grpo"  # what differs: what the samplers collect and the learner's loss
     learner = LearnerGroup(cfg.policy, cfg.learner, seed=cfg.run.seed,
@@ -89,16 +95,52 @@ def build(cfg: Config, started: list, resume: Path | None = None) -> Runtime:
                            flow_grpo=cfg.flow_grpo if grpo else None, guidance_scale=cfg.sampler.guidance_scale,
                            total_updates=cfg.run.num_updates)
     started.append(learner.shutdown)
+    bar = tqdm(total=cfg.run.num_updates, disable=not cfg.run.progress, dynamic_ncols=True,
+               desc="Flow-GRPO" if grpo else "NFT")
     pool = SamplerPool(cfg.policy, cfg.sampler, max_inflight=cfg.schedule.max_inflight,
-                       noise_level=cfg.flow_grpo.noise_level if grpo else None)
+                       noise_level=cfg.flow_grpo.noise_level if grpo else None, log=bar.write)
     started.append(pool.shutdown)
     prompts = PromptSource(read_prompts(cfg.prompts.train), group_size=cfg.prompts.group_size, seed=cfg.prompts.seed)
     buffer = Buffer(capacity=cfg.schedule.buffer_capacity, max_policy_lag=cfg.schedule.max_policy_lag,
                     adv_clip_max=cfg.learner.adv_clip_max, global_std=cfg.learner.global_std)
-    bar = tqdm(total=cfg.run.num_updates, disable=not cfg.run.progress, dynamic_ncols=True,
-               desc="Flow-GRPO" if grpo else "NFT")
     collector = Collector(pool, scorer, prompts, buffer, cfg.schedule, cfg.sampler, log=bar.write)
-    return Runtime(run, scorer, learner, pool, prompts, buffer, collector, eval_sets(cfg), bar)
+    return Runtime(run, scorer, replicas, learner, pool, prompts, buffer, collector, eval_sets(cfg), bar)
+
+
+def placement(rt: Runtime, timeout_s: float = 120.0, log=print) -> dict[str, list[str | None]]:
+    """The Ray node id each role's actors run on now, the driver's included: on a cluster, which node group took
+    each role. An actor being restarted answers from its new node once it is back; None for one not back within
+    `timeout_s` (no node with its resources free) or out of restarts. Waits behind calls the actors are running."""
+    roles = {"scorer": [rt.scorer], "reward": rt.replicas, "learner": rt.learner.ranks,
+             "sampler": [a for i, a in enumerate(rt.pool.actors) if i not in rt.pool.dead]}
+    refs = {role: [actor.__ray_call__.options(max_task_retries=-1).remote(_node_id) for actor in actors]
+            for role, actors in roles.items()}
+    every = [ref for role_refs in refs.values() for ref in role_refs]
+    ready, pending = ray.wait(every, num_returns=len(every), timeout=min(10.0, timeout_s))
+    if pending:
+        log(f"placement: waiting up to {timeout_s:.0f}s for {len(pending)} actors (starting, restarting or busy)")
+        ready += ray.wait(pending, num_returns=len(pending), timeout=timeout_s)[0]
+    nodes = {role: [_answer(ref) if ref in ready else None for ref in role_refs] for role, role_refs in refs.items()}
+    return {"driver": [ray.get_runtime_context().get_node_id()], **nodes}
+
+
+def _answer(ref: ray.ObjectRef) -> str | None:
+    try:
+        return ray.get(ref)
+    except RayActorError:  # out of restarts
+        return None
+
+
+def node_resources() -> dict[str, dict[str, float]]:
+    """Each live node's custom resources by node id: the node group it belongs to, as the manifests name them."""
+    builtin = ("CPU", "GPU", "memory", "object_store_memory")
+    return {node["NodeID"]: {k: v for k, v in node["Resources"].items()
+                             if k not in builtin and not k.startswith("node:")}
+            for node in ray.nodes() if node["Alive"]}
+
+
+def _node_id(_actor) -> str:
+    return ray.get_runtime_context().get_node_id()
 
 
 def eval_sets(cfg: Config) -> dict[str, list[PromptGroup]]:

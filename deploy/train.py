@@ -66,6 +66,7 @@ def run_training(cfg: Config, started: list) -> dict[str, Evaluations | None]:
     if resume:  # learner state, prompt position and run log as they were at the checkpoint
         version = load_checkpoint(resume, learner=learner, prompts=rt.prompts, lora=cfg.policy.lora).version
         report.resumed(version, str(resume))
+    report.placed(version)  # which node each role landed on
     broadcast(version)
     results = {"before": None if resume else run_eval(0)}
     while version < cfg.run.num_updates:
@@ -88,6 +89,7 @@ def run_training(cfg: Config, started: list) -> dict[str, Evaluations | None]:
                             prompts=rt.prompts, lora=cfg.policy.lora, config_yaml=dump_config(cfg),
                             tracker_ids=rt.run.tracker_ids())
     results["after"] = run_eval(version)
+    report.placed(version)  # where each role ended up, after any restarts
     report.finished(version, results, learner_checksums=learner.checksums(),
                     unverified_broadcasts=pool.verify(timeout_s=cfg.sampler.timeout_s))
     return results
