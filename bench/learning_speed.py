@@ -76,13 +76,13 @@ def section(ctx: BenchContext, records: dict[str, list[dict]]) -> dict:
             ["figure", f"`{png.name}`"]]
     return {
         "what": (f"Two `deploy.train.train` runs of {ctx.learning_updates} updates on configs/tiny_cpu.yaml "
-                 f"(overlapped, then synchronous, the default; seed 0), held-out evaluation every "
-                 f"{ctx.learning_eval_every} updates on configs/prompts/shapes_test.jsonl."),
+                 f"(overlapped, then synchronous, the default; seed 0), both evaluation sets every "
+                 f"{ctx.learning_eval_every} updates; the curves are in-distribution strict (the headline set)."),
         "config": {"updates": ctx.learning_updates, "eval_every": ctx.learning_eval_every},
         "curves": curves, "png": png.name,
         "figures": {"wall_clock_speedup": wall_speedup,
                     "final_strict": {side: p["strict"] for side, p in end.items()}},
         "rows": rows, "targets": [],
-        "notes": ["Runs this short show the early slope only; the held-out score of one evaluation has a standard "
-                  "error of about √(p(1−p)/n) over n held-out prompts."],
+        "notes": ["Runs this short show the early slope only; one evaluation's strict score has a standard error of "
+                  "about √(p(1−p)/n) over its n images."],
     }

@@ -4,6 +4,7 @@ documented schema and results.md with the targets table. It checks the harness, 
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -44,3 +45,14 @@ def test_quick_run_writes_the_schema(tiny_pipeline, tmp_path):
     assert results["measurements"]["buffer"]["figures"]["x0_over_trajectory"] < 0.5
     markdown = (out / "results.md").read_text()
     assert "## Targets" in markdown and "Quick (smoke) run" in markdown
+
+
+def test_every_missed_target_says_why():
+    """A missed target's row says what prevents it here and what a GPU node needs; a target without that line fails."""
+    from bench.report import target_rows
+    committed = json.loads((Path(__file__).parents[1] / "bench" / "results.json").read_text())
+    rows = target_rows(committed)[2:]
+    missed = [row for row in rows if "**no**" in row]
+    assert missed and all("GPU" in row.rsplit("|", 2)[1] for row in missed)
+    with pytest.raises(KeyError, match="WHY_MISSED"):
+        target_rows({"measurements": {"reward": {"targets": [target("a new target", 2.0, 1.0, at_most=True)]}}})
