@@ -146,7 +146,7 @@ class SamplerPool:
         self.restart_began[call.actor] = time.time()
         cause = f" ({type(error).__name__})" if error is not None else ""
         self.log(f"Sampler {call.actor} lost{cause}: Ray restarts it on a node with {self.needs()} free; "
-                 f"its groups go to the other Samplers")
+                 "its groups are resubmitted")
 
     def needs(self) -> str:
         """The resources one Sampler reserves, as Ray schedules it."""
@@ -177,9 +177,10 @@ class SamplerPool:
         late = {a: time.time() - t for a, t in self.restart_began.items() if time.time() - t > self.cfg.timeout_s}
         if late:
             raise TimeoutError(
-                f"Sampler(s) {sorted(late)} not restarted within sampler.timeout_s ({self.cfg.timeout_s:.0f}s): no "
-                f"node has {self.needs()} free (the cluster has {ray.available_resources()} free). Add a node that "
-                f"offers these resources (grow the sampler node group), or lower sampler.num_actors/num_cpus/num_gpus")
+                f"Samplers {sorted(late)} not back within sampler.timeout_s ({self.cfg.timeout_s:g}s) after they were "
+                f"lost: no node has {self.needs()} free (the cluster has {ray.available_resources()} free), or "
+                "rebuilding them takes longer. Add a node that offers these resources (grow the sampler node group), "
+                "lower sampler.num_actors/num_cpus/num_gpus, or raise sampler.timeout_s")
         while self.waiting and self.available():
             self.submit(*self.waiting.pop(0))
 

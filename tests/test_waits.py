@@ -1,8 +1,10 @@
-"""Nothing waits silently: a missing reward server, an actor that cannot be placed and a stalled Sampler each end in
-an error that names the problem and the fix, within a bounded time (real local Ray, real sockets)."""
+"""Nothing waits silently: a missing reward server, an actor that cannot be placed, a stalled Sampler and a lost one
+that does not come back each end in an error that names the problem and the fix, within a bounded time (real local
+Ray, real sockets)."""
 
 from __future__ import annotations
 
+import re
 import socket
 import time
 
@@ -71,5 +73,32 @@ def test_stalled_sampler_call_is_reported(local_ray, tiny_pipeline):
         with pytest.raises(TimeoutError, match=r"Sampler 0 has not finished a sample call.*sampler.timeout_s = 0.5"):
             while time.monotonic() - start < 60:
                 pool.poll(0.1)
+    finally:
+        pool.shutdown()
+
+
+def test_sampler_not_back_in_time_is_reported(local_ray, tiny_pipeline):
+    """A lost Sampler is said at once with the resources it waits for; not back within sampler.timeout_s, it stops
+    the run naming them (here its wait is pushed past the bound: a real one takes as long as no node is free)."""
+    cfg = config(tiny_pipeline, "sampler.num_actors=1", "sampler.num_steps=2", "sampler.timeout_s=30")
+    said: list[str] = []
+    pool, unused = SamplerPool(cfg.policy, cfg.sampler, max_inflight=1, log=said.append), Unused.remote()
+    try:
+        pool.submit([PromptGroup(0, "a photo of a circle", {}, (0, 1))],
+                    score=lambda sampled: unused.score.options(num_returns=3).remote(sampled))
+        ray.kill(pool.actors[0], no_restart=False)
+        start = time.monotonic()
+        while not pool.restarting:
+            assert time.monotonic() - start < 60, "the lost Sampler was never noticed"
+            pool.poll(0.1)
+        assert pool.resubmitted_groups == 1 and pool.inflight_groups == 1  # waiting for a Sampler to take them
+        assert len(said) == 1 and re.fullmatch(r"Sampler 0 lost \(.*Actor\w+Error\)\): Ray restarts it on a node "
+                                               r"with \{'CPU': 0.5, 'GPU': 0.0\} free; its groups are resubmitted",
+                                               said[0]), said
+        assert "Samplers [0] wait to be restarted on a node with {'CPU': 0.5, 'GPU': 0.0} free" in pool.waiting_for()
+        pool.restart_began[0] -= 31
+        with pytest.raises(TimeoutError, match=r"Samplers \[0\] not back within sampler.timeout_s \(30s\).*"
+                                               r"\{'CPU': 0.5, 'GPU': 0.0\} free.*grow the sampler node group"):
+            pool.poll(0.1)
     finally:
         pool.shutdown()
