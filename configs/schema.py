@@ -225,6 +225,13 @@ class Config(Section):
             raise ValueError(
                 f"algorithm flow_grpo samples with the current θ, so θ_old must copy θ after every update: set "
                 f"learner.old_policy.cap=0 (got {self.learner.old_policy.cap})")
+        fraction, name = ((self.flow_grpo.timestep_fraction, "flow_grpo.timestep_fraction") if self.algorithm ==
+                          "flow_grpo" else (self.learner.timestep_fraction, "learner.timestep_fraction"))
+        if int(self.sampler.num_steps * fraction) == 0:
+            raise ValueError(
+                f"{name} ({fraction}) × sampler.num_steps ({self.sampler.num_steps}) trains on "
+                f"int({self.sampler.num_steps * fraction:g}) = 0 timesteps per sample: raise {name} to at least "
+                f"{1 / self.sampler.num_steps:.3g} or collect with more steps")
         if self.policy.resolution % 8:
             raise ValueError(f"policy.resolution ({self.policy.resolution}) must be a multiple of 8")
         return self
