@@ -14,8 +14,18 @@ import torch
 from diffusers import AutoencoderKL, FluxTransformer2DModel
 from transformers import AutoTokenizer, CLIPTextModel, T5EncoderModel
 
-from actors.families.base import (DTYPES, Conditioning, Family, check_components, dynamic_sigmas, load_kwargs,
-                                  pack_2x2, read_scheduler, to_uint8, unpack_2x2)
+from actors.families.base import (
+    DTYPES,
+    Conditioning,
+    Family,
+    check_components,
+    dynamic_sigmas,
+    load_kwargs,
+    pack_2x2,
+    read_scheduler,
+    to_uint8,
+    unpack_2x2,
+)
 from configs.schema import PolicyConfig
 
 # Flow-GRPO's FLUX.1-dev recipe adapts the attention projections of both block kinds (as for SD3).

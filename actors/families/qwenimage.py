@@ -15,8 +15,18 @@ import torch
 from diffusers import AutoencoderKLQwenImage, QwenImageTransformer2DModel
 from transformers import AutoTokenizer, Qwen2_5_VLForConditionalGeneration
 
-from actors.families.base import (DTYPES, Conditioning, Family, check_components, dynamic_sigmas, load_kwargs,
-                                  pack_2x2, read_scheduler, to_uint8, unpack_2x2)
+from actors.families.base import (
+    DTYPES,
+    Conditioning,
+    Family,
+    check_components,
+    dynamic_sigmas,
+    load_kwargs,
+    pack_2x2,
+    read_scheduler,
+    to_uint8,
+    unpack_2x2,
+)
 from configs.schema import PolicyConfig
 
 TEMPLATE = ("<|im_start|>system\nDescribe the image by detailing the color, shape, size, texture, quantity, text, "
