@@ -11,10 +11,23 @@ import argparse
 from pathlib import Path
 
 import torch
-from diffusers import (AutoencoderKL, AutoencoderKLQwenImage, FlowMatchEulerDiscreteScheduler, FluxPipeline,
-                       FluxTransformer2DModel, QwenImagePipeline, QwenImageTransformer2DModel)
-from transformers import (CLIPTextConfig, CLIPTextModel, Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration,
-                          T5Config, T5EncoderModel)
+from diffusers import (
+    AutoencoderKL,
+    AutoencoderKLQwenImage,
+    FlowMatchEulerDiscreteScheduler,
+    FluxPipeline,
+    FluxTransformer2DModel,
+    QwenImagePipeline,
+    QwenImageTransformer2DModel,
+)
+from transformers import (
+    CLIPTextConfig,
+    CLIPTextModel,
+    Qwen2_5_VLConfig,
+    Qwen2_5_VLForConditionalGeneration,
+    T5Config,
+    T5EncoderModel,
+)
 
 from actors.families.qwenimage import TEMPLATE
 from actors.shapes_world import VOCABULARY
@@ -29,10 +42,10 @@ QWEN_SCHEDULER = {"use_dynamic_shifting": True, "base_shift": 0.5, "max_shift": 
                   "max_image_seq_len": 8192, "shift": 1.0, "shift_terminal": 0.02, "time_shift_type": "exponential"}
 
 
-def create_tiny_flux(directory: str | Path, words: list[str] = list(VOCABULARY), seed: int = 0) -> Path:
+def create_tiny_flux(directory: str | Path, words: tuple[str, ...] = tuple(VOCABULARY), seed: int = 0) -> Path:
     """CLIP (width 32) + T5 (width 32), a 1 + 1 block guidance-distilled FluxTransformer2DModel, a 2× VAE with 4
     latent channels: 32 px images are 16×16 latents, 64 packed tokens."""
-    tokenizer = build_tokenizer(words, max_tokens=16)
+    tokenizer = build_tokenizer(list(words), max_tokens=16)
     ids = {"pad_token_id": tokenizer.pad_token_id, "bos_token_id": tokenizer.bos_token_id,
            "eos_token_id": tokenizer.eos_token_id}
     torch.manual_seed(seed)
@@ -54,7 +67,7 @@ def create_tiny_flux(directory: str | Path, words: list[str] = list(VOCABULARY),
     return Path(directory)
 
 
-def create_tiny_qwenimage(directory: str | Path, words: list[str] = list(VOCABULARY), seed: int = 0) -> Path:
+def create_tiny_qwenimage(directory: str | Path, words: tuple[str, ...] = tuple(VOCABULARY), seed: int = 0) -> Path:
     """A 2-layer Qwen2.5-VL text model (width 16), a 2-block QwenImageTransformer2DModel, Qwen-Image's VAE at
     4× with 4 latent channels (non-trivial latents_mean / latents_std): 32 px images are 8×8 latents, 16 tokens."""
     template_words = TEMPLATE.replace("{}", " ").split()
