@@ -143,7 +143,8 @@ def test_few_nft_updates_on_local_ray(family, local_ray, tmp_path):
         f"policy.pretrained={pretrained}", "policy.max_sequence_length=32", f"run.output_dir={tmp_path}",
         f"run.name={name}", "run.num_updates=2", "run.progress=false", "run.grid_every=0", "prompts.group_size=2",
         "schedule.groups_per_update=2", "schedule.buffer_capacity=8", "learner.micro_batch_size=4",
-        "sampler.num_steps=3", "sampler.num_actors=1", "sampler.groups_per_call=1", "eval.every=0",
+        "sampler.num_steps=4", "learner.timestep_fraction=0.5", "sampler.num_actors=1", "sampler.groups_per_call=1",
+        "eval.every=0",
         "eval.num_steps=2", "eval.num_prompts=2", "eval.images_per_prompt=1",
         "eval.in_distribution_images_per_prompt=0", "learner.num_threads=1", "policy.lora.rank=4",
         "policy.lora.alpha=8"])
