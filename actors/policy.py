@@ -1,7 +1,8 @@
-"""The diffusion policy: SD3-architecture components loaded through one path, with the LoRA adapters θ and θ_old.
+"""The diffusion policy: a model family (actors/families) loaded through one path, with the LoRA adapters θ and θ_old.
 
-`encode(prompts) -> (embeds, pooled)`, `velocity(xt, t, embeds, pooled) -> v`, `decode(x0) -> uint8 images`.
-θ_ref is the base model (adapters disabled). SD3.5-Medium and the embedded tiny policy load the same way.
+`encode(prompts) -> (embeds, extra)`, `velocity(xt, t, embeds, extra) -> v`, `sigmas(num_steps, shift)`,
+`decode(x0) -> uint8 images`. θ_ref is the base model (adapters disabled). The family comes from the pipeline's
+model_index.json (SD3 / SD3.5 and the embedded tiny policy, FLUX.1, Qwen-Image); every one loads the same way.
 """
 
 from __future__ import annotations
@@ -15,19 +16,16 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
-from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, SD3Transformer2DModel
 from peft import LoraConfig as PeftLoraConfig
 from peft import get_peft_model_state_dict
 from peft.tuners.tuners_utils import BaseTunerLayer
-from transformers import AutoTokenizer, CLIPTextModelWithProjection, T5EncoderModel
 
+from actors.families import Family, family_class
 from configs.schema import PolicyConfig
 
 THETA = "theta"  # the trained adapter
 OLD = "old"  # the sampling policy θ_old
 LAGGED = "lagged"  # θ_old of an earlier version, for samples drawn before the latest update (learner only)
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
 def read_model_index(pretrained: str, revision: str | None) -> dict:
@@ -47,29 +45,6 @@ def read_model_index(pretrained: str, revision: str | None) -> dict:
                          "download the pipeline and point policy.pretrained at its directory") from error
 
 
-def encode_prompts(prompts: list[str], tokenizers, text_encoders, t5, *, joint_dim: int, max_sequence_length: int,
-                   device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    """CLIP-L ⊕ CLIP-G penultimate hidden states (then T5 tokens along the sequence), pooled CLIP projections.
-
-    As diffusers' SD3 pipeline, except that without a T5 encoder no all-zero T5 tokens are appended.
-    """
-    states, pooled = [], []
-    for tokenizer, encoder in zip(tokenizers, text_encoders, strict=True):
-        ids = tokenizer(prompts, padding="max_length", max_length=tokenizer.model_max_length, truncation=True,
-                        return_tensors="pt").input_ids.to(device)
-        out = encoder(ids, output_hidden_states=True)
-        states.append(out.hidden_states[-2])
-        pooled.append(out.text_embeds)
-    clip = torch.cat(states, dim=-1)  # (B, L, D_l + D_g)
-    embeds = F.pad(clip, (0, joint_dim - clip.shape[-1]))  # (B, L, joint_dim)
-    if t5 is not None:
-        tokenizer, encoder = t5
-        ids = tokenizer(prompts, padding="max_length", max_length=max_sequence_length, truncation=True,
-                        return_tensors="pt").input_ids.to(device)
-        embeds = torch.cat([embeds, encoder(ids)[0]], dim=1)  # (B, L + L_t5, joint_dim)
-    return embeds.float(), torch.cat(pooled, dim=-1).float()
-
-
 def weights_checksum(state: dict[str, torch.Tensor | np.ndarray]) -> str:
     """SHA-256 (first 16 hex digits) of a LoRA state's names and float32 bytes: equal iff the weights are equal."""
     digest = hashlib.sha256()
@@ -87,16 +62,15 @@ def as_numpy(state: dict[str, torch.Tensor]) -> dict[str, np.ndarray]:
 
 
 class Policy:
-    """Frozen text encoders (+ VAE when latent), transformer with adapters `theta` and/or `old`."""
+    """A model family's frozen parts and transformer, with adapters `theta` and/or `old` on the transformer."""
 
-    def __init__(self, *, tokenizers, text_encoders, t5, transformer, vae, shift: float, cfg: PolicyConfig,
-                 adapters: tuple[str, ...], device: str | torch.device = "cpu"):
-        self.cfg, self.device, self.shift = cfg, torch.device(device), shift
-        self.tokenizers, self.text_encoders, self.t5, self.vae = tokenizers, text_encoders, t5, vae
-        self.transformer = transformer
-        for module in [*text_encoders, t5, vae, transformer]:
-            if module is not None:
-                module.requires_grad_(False).eval().to(self.device)
+    def __init__(self, *, family: Family, cfg: PolicyConfig, adapters: tuple[str, ...],
+                 device: str | torch.device = "cpu"):
+        self.cfg, self.device, self.family = cfg, torch.device(device), family
+        self.transformer = transformer = family.transformer
+        self.shift = float(family.scheduler.get("shift", 1.0))  # the pipeline scheduler's static shift
+        for module in [*family.frozen, transformer]:
+            module.requires_grad_(False).eval().to(self.device)
         lora = PeftLoraConfig(r=cfg.lora.rank, lora_alpha=cfg.lora.alpha, init_lora_weights=cfg.lora.init,
                               target_modules=list(cfg.lora.target_modules))
         with warnings.catch_warnings():  # peft warns on every adapter after the first; two are the design
@@ -118,57 +92,31 @@ class Policy:
     @classmethod
     def from_pretrained(cls, cfg: PolicyConfig, *, adapters: tuple[str, ...] = (THETA, OLD),
                         device: str | torch.device = "cpu") -> Policy:
-        """Load every component with its `from_pretrained` from a local pipeline directory or hub id."""
+        """Load every component with its `from_pretrained` from a local pipeline directory or hub id; the family
+        is the pipeline's `_class_name` in model_index.json."""
         index = read_model_index(cfg.pretrained, cfg.revision)
-        dtype, kw = DTYPES[cfg.dtype], {"revision": cfg.revision}
-
-        def present(name: str) -> bool:
-            return name in index and index[name][0] is not None
-
-        for name in ("transformer", "text_encoder", "text_encoder_2", "tokenizer", "tokenizer_2", "scheduler"):
-            if not present(name):
-                raise ValueError(f"policy.pretrained {cfg.pretrained!r} lacks the {name!r} component an SD3 "
-                                 "pipeline needs")
-        tokenizers = [AutoTokenizer.from_pretrained(cfg.pretrained, subfolder=n, **kw)
-                      for n in ("tokenizer", "tokenizer_2")]
-        encoders = [CLIPTextModelWithProjection.from_pretrained(cfg.pretrained, subfolder=n, torch_dtype=dtype, **kw)
-                    for n in ("text_encoder", "text_encoder_2")]
-        t5 = None
-        if present("text_encoder_3"):
-            t5 = (AutoTokenizer.from_pretrained(cfg.pretrained, subfolder="tokenizer_3", **kw),
-                  T5EncoderModel.from_pretrained(cfg.pretrained, subfolder="text_encoder_3", torch_dtype=dtype, **kw))
-        vae = AutoencoderKL.from_pretrained(cfg.pretrained, subfolder="vae", torch_dtype=dtype, **kw) \
-            if present("vae") else None
-        transformer = SD3Transformer2DModel.from_pretrained(cfg.pretrained, subfolder="transformer",
-                                                            torch_dtype=dtype, **kw)
-        scheduler = FlowMatchEulerDiscreteScheduler.from_pretrained(cfg.pretrained, subfolder="scheduler", **kw)
-        return cls(tokenizers=tokenizers, text_encoders=encoders, t5=t5, transformer=transformer, vae=vae,
-                   shift=float(scheduler.config.shift), cfg=cfg, adapters=adapters, device=device)
+        family = family_class(index, cfg.pretrained).from_pretrained(cfg, index)
+        return cls(family=family, cfg=cfg, adapters=adapters, device=device)
 
     # ---- shapes -------------------------------------------------------------------------------------------
     @property
-    def latent_shape(self) -> tuple[int, int, int]:
-        """(C, h, w) of x0: latents when a VAE is present, else pixels."""
-        factor = 2 ** (len(self.vae.config.block_out_channels) - 1) if self.vae is not None else 1
-        size = self.cfg.resolution // factor
-        return (self.transformer.config.in_channels, size, size)
+    def latent_shape(self) -> tuple[int, ...]:
+        """The shape of one x0 (e.g. (C, h, w)); its layout is the family's."""
+        return self.family.latent_shape()
 
-    # ---- the three calls of the contract ---------------------------------------------------------------------
+    def sigmas(self, num_steps: int, shift: float) -> torch.Tensor:
+        """The family's sigma schedule: SD3's static `shift`, or FLUX's / Qwen-Image's resolution-dependent one."""
+        return self.family.sigmas(num_steps, shift)
+
+    # ---- the calls of the contract --------------------------------------------------------------------------
     @torch.no_grad()
     def encode(self, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
-        """SD3 text conditioning of `prompts`: (embeds (B, L, D), pooled (B, D))."""
-        return encode_prompts(prompts, self.tokenizers, self.text_encoders, self.t5,
-                              joint_dim=self.transformer.config.joint_attention_dim,
-                              max_sequence_length=self.cfg.max_sequence_length, device=self.device)
+        """The family's conditioning of `prompts`: (embeds (B, L, D), extra (B, ...)), see actors.families.base."""
+        return self.family.encode(prompts)
 
     def velocity(self, xt: torch.Tensor, t: torch.Tensor, embeds: torch.Tensor, pooled: torch.Tensor) -> torch.Tensor:
-        """v ≈ ε − x0 of the active adapter at `t` in [0, 1] (the transformer takes 1000·t)."""
-        dtype = next(self.transformer.parameters()).dtype
-        # the timestep stays float32: in bf16, 1000·t rounds (913.35 -> 916) while xt was noised with the exact t
-        v = self.denoiser(hidden_states=xt.to(dtype), timestep=1000.0 * t.float(),
-                          encoder_hidden_states=embeds.to(dtype), pooled_projections=pooled.to(dtype),
-                          return_dict=False)[0]
-        return v.float()
+        """v ≈ ε − x0 of the active adapter at `t` in [0, 1]; `pooled` is the family's second conditioning tensor."""
+        return self.family.velocity(self.denoiser, xt, t, embeds, pooled)
 
     def guided_velocity(self, xt: torch.Tensor, t: torch.Tensor, embeds: torch.Tensor, pooled: torch.Tensor,
                         guidance_scale: float) -> torch.Tensor:
@@ -183,12 +131,8 @@ class Policy:
 
     @torch.no_grad()
     def decode(self, x0: torch.Tensor) -> np.ndarray:
-        """x0 (B, C, h, w) → uint8 images (B, H, W, 3)."""
-        if self.vae is not None:
-            latents = x0.to(self.vae.dtype) / self.vae.config.scaling_factor + (self.vae.config.shift_factor or 0.0)
-            x0 = self.vae.decode(latents, return_dict=False)[0].float()
-        images = ((x0.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
-        return images.permute(0, 2, 3, 1).cpu().numpy()
+        """x0 (B, ...) → uint8 images (B, H, W, 3)."""
+        return self.family.decode(x0)
 
     # ---- adapters -----------------------------------------------------------------------------------------
     def use_adapter(self, name: str | None) -> None:

@@ -18,7 +18,7 @@ from actors.metrics import SamplerMetrics
 from actors.policy import OLD, THETA, Policy, weights_checksum
 from actors.prompts import PromptGroup
 from actors.sde import sde_sample
-from actors.solvers import Solver, sigma_schedule, solve
+from actors.solvers import Solver, solve
 from configs.schema import PolicyConfig, SamplerConfig
 
 
@@ -73,9 +73,9 @@ class Sampler:
             raise ValueError("all groups of one sample call must have the same number of seeds")
         embeds, pooled = policy.encode([g.prompt for g in groups])  # (G, L, D), (G, D)
         noise = torch.stack([torch.randn(policy.latent_shape, generator=torch.Generator().manual_seed(seed))
-                             for g in groups for seed in g.seeds]).to(policy.device)  # (G·K, C, h, w)
+                             for g in groups for seed in g.seeds]).to(policy.device)  # (G·K, *latent_shape)
         cond = (embeds.repeat_interleave(size, 0), pooled.repeat_interleave(size, 0))
-        sigmas = sigma_schedule(num_steps, self.cfg.shift)
+        sigmas = policy.sigmas(num_steps, self.cfg.shift)  # (T + 1,) the family's schedule
 
         def velocity(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
             return policy.guided_velocity(x, t, *cond, guidance_scale)

@@ -26,7 +26,7 @@ import numpy as np
 import torch
 
 from actors.evaluation import interval95
-from actors.policy import encode_prompts
+from actors.families.sd3 import encode_prompts
 from actors.prompts import PromptGroup
 from configs.load import load_config
 from configs.schema import Config

@@ -32,7 +32,10 @@ class PolicyConfig(Section):
     revision: str | None = Field(None, description="hub revision, when pretrained is a hub id")
     resolution: int = Field(512, ge=8, description="image height and width in pixels")
     dtype: Literal["float32", "bfloat16", "float16"] = Field("float32", description="weights of the frozen parts")
-    max_sequence_length: int = Field(128, ge=1, description="T5 tokens per prompt (ignored without a T5 encoder)")
+    max_sequence_length: int = Field(128, ge=1, description="T5 tokens (SD3 with T5, FLUX) or Qwen2.5-VL tokens "
+                                     "(Qwen-Image) per prompt; SD3 without T5 ignores it")
+    embedded_guidance: float = Field(3.5, gt=0, description="the guidance input of guidance-distilled models "
+                                     "(FLUX.1-dev's guidance embedding); ignored by models without one")
     lora: LoraConfig = Field(default_factory=LoraConfig, description="the trained adapter θ and its twin θ_old")
 
 
@@ -45,7 +48,8 @@ class SamplerConfig(Section):
     solver: Literal["euler", "dpm2", "unipc"] = Field(
         "dpm2", description="ODE solver for data collection (NFT; Flow-GRPO collects with its SDE) and evaluation")
     num_steps: int = Field(10, ge=1, description="solver steps per image during collection")
-    shift: float = Field(3.0, gt=0, description="SD3 sigma shift of the timestep schedule")
+    shift: float = Field(3.0, gt=0, description="SD3 sigma shift of the timestep schedule (FLUX and Qwen-Image "
+                         "shift by resolution as their scheduler config says, and do not read it)")
     guidance_scale: float = Field(1.0, ge=1.0, description="classifier-free guidance; 1.0 = off, as NFT collects")
     groups_per_call: int = Field(1, ge=1, description="prompt groups sampled by one `sample` call")
     max_restarts: int = Field(3, ge=0, description="Ray restarts of a dead Sampler actor")

@@ -18,7 +18,7 @@ from diffusers import SD3Transformer2DModel
 from tqdm import tqdm
 from transformers import AutoTokenizer, CLIPTextModelWithProjection
 
-from actors.policy import encode_prompts
+from actors.families.sd3 import encode_prompts
 from actors.prompts import read_prompts
 from actors.shapes_world import VOCABULARY, canonical_form, sample_captioned_images
 from actors.tiny_policy import TinySpec, build_text_encoder, build_tokenizer, build_transformer, save_tiny_pipeline

@@ -123,10 +123,11 @@ class Learner:
         return torch.autocast(self.policy.device.type, dtype=self.autocast_dtype)
 
     def _loss(self, data: dict[str, torch.Tensor], t: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        x0 = data["x0"]  # (B, C, h, w)
+        x0 = data["x0"]  # (B, *latent_shape)
         t = t.to(x0.device)
         noise = torch.randn(x0.shape, generator=self.noise_generator).to(x0.device)
-        xt = (1 - t.view(-1, 1, 1, 1)) * x0 + t.view(-1, 1, 1, 1) * noise
+        t_b = t.view(-1, *[1] * (x0.dim() - 1))  # (B, 1, ...) broadcast over any latent layout
+        xt = (1 - t_b) * x0 + t_b * noise
         cond = (data["embeds"], data["pooled"])
         with self._autocast():
             with torch.no_grad():

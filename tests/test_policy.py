@@ -23,10 +23,10 @@ def policy(policy_cfg):
 def test_encode_shapes_and_word_tokens(policy):
     embeds, pooled = policy.encode(["a photo of a red circle", "a photo of two squares"])
     joint = policy.transformer.config.joint_attention_dim
-    assert embeds.shape == (2, policy.tokenizers[0].model_max_length, joint)
+    assert embeds.shape == (2, policy.family.tokenizers[0].model_max_length, joint)
     assert pooled.shape == (2, policy.transformer.config.pooled_projection_dim)
-    ids = policy.tokenizers[0]("a photo of a red circle").input_ids
-    assert len(ids) == 2 + 6 and policy.tokenizers[0].unk_token_id not in ids  # one token per word, bos/eos
+    ids = policy.family.tokenizers[0]("a photo of a red circle").input_ids
+    assert len(ids) == 2 + 6 and policy.family.tokenizers[0].unk_token_id not in ids  # one token per word, bos/eos
 
 
 def test_adapters_theta_old_ref(policy):
