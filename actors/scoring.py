@@ -97,6 +97,7 @@ class GroupScorer:
 
     async def _refresh_urls(self) -> bool:
         failures = self.client.stats()["failures"]
+        replicas = self.replicas  # set_replicas (the reward scaler) replaces the list; its URLs then win
         # url() is retried while Ray restarts a replica (on another node if its node was lost), so it answers from
         # the new address; one out of restarts, or not back within the bound, is left out.
         asking = [asyncio.ensure_future(asyncio.wait_for(replica.url.options(max_task_retries=-1).remote(),
@@ -106,9 +107,12 @@ class GroupScorer:
             print(f"GroupScorer: reward replicas {[i for i, a in enumerate(asking) if a in waiting]} are being "
                   f"restarted and wait for a node with {self.needs} free (up to {REPLICA_RESTART_TIMEOUT_S:.0f}s); "
                   f"scoring goes on on the others. If none comes, grow the reward node group", flush=True)
-            self._set_urls([a.result() for a in asking if a.done() and not a.exception()])
+            if replicas is self.replicas:
+                self._set_urls([a.result() for a in asking if a.done() and not a.exception()])
         answers = await asyncio.gather(*asking, return_exceptions=True)
         self._failures_seen = failures
+        if replicas is not self.replicas:
+            return True  # the replica set changed meanwhile: retry at its URLs
         return self._set_urls([answer for answer in answers if isinstance(answer, str)])
 
     def _set_urls(self, urls: list[str]) -> bool:
@@ -119,6 +123,21 @@ class GroupScorer:
         self.client.set_urls(urls)
         self.fault_counts["reward_url_refreshes"] += 1
         return True
+
+    def set_replicas(self, replicas: list, urls: list[str]) -> None:
+        """The reward scaler's new replica set: requests go only to `urls` from now on; those in flight to a
+        removed replica finish there (the scaler waits on `outstanding` before stopping it)."""
+        self.replicas = list(replicas)
+        self._set_urls(list(urls))
+
+    def load(self) -> dict[str, int]:
+        """Requests in flight now to each replica the client sends to."""
+        per_url = self.client.stats()["per_url"]
+        return {url: per_url[url]["outstanding"] for url in self.client.urls}
+
+    def outstanding(self, url: str) -> int:
+        """Requests in flight now to `url`, a replica sent to now or before."""
+        return self.client.stats()["per_url"].get(url.rstrip("/"), {}).get("outstanding", 0)
 
     def counts(self) -> dict[str, int]:
         """Failure counts for the run's metrics log: groups lost to scoring, URL refreshes, request failures."""

@@ -66,6 +66,30 @@ class PromptConfig(Section):
     seed: int = Field(0, description="seed of the prompt order")
 
 
+class AutoscaleConfig(Section):
+    """Reward replicas that follow the load (deploy/reward_scaling.py); off by default, for Ray replicas only."""
+
+    enabled: bool = Field(False, description="add and remove reward replicas by load while the job runs")
+    min_replicas: int = Field(1, ge=1, description="fewest reward replicas, by load or by the operator")
+    max_replicas: int = Field(4, ge=1, description="most reward replicas, by load or by the operator")
+    target_outstanding: float = Field(4.0, gt=0, description="outstanding requests per replica, averaged over "
+                                      "window_s, above which one replica is added")
+    scale_down_below: float = Field(0.5, gt=0, lt=1, description="one replica is removed when the outstanding "
+                                    "requests per replica, averaged over window_s, are below target_outstanding × this")
+    window_s: float = Field(30.0, gt=0, description="seconds a load must hold before a change; the history starts "
+                            "anew after each change, so changes are at least this far apart")
+    interval_s: float = Field(1.0, gt=0, description="seconds between two load samples")
+    drain_timeout_s: float = Field(120.0, gt=0, description="longest wait for a removed replica's in-flight requests "
+                                   "before it is stopped anyway (the client then retries them elsewhere)")
+
+    @model_validator(mode="after")
+    def _check_bounds(self) -> AutoscaleConfig:
+        if self.min_replicas > self.max_replicas:
+            raise ValueError(f"reward.autoscale.min_replicas ({self.min_replicas}) must be <= "
+                             f"reward.autoscale.max_replicas ({self.max_replicas})")
+        return self
+
+
 class RewardConfig(Section):
     weights: dict[str, float] = Field(..., min_length=1, description="scorer name -> weight of the training reward")
     scorer_args: dict[str, dict[str, str]] = Field(
@@ -84,6 +108,17 @@ class RewardConfig(Section):
     timeout_s: float = Field(60.0, gt=0, description="HTTP timeout of one score request")
     max_retries: int = Field(3, ge=0, description="retries of a failed request, each on another replica")
     max_batch: int = Field(64, ge=1, description="images per HTTP request")
+    autoscale: AutoscaleConfig = Field(default_factory=AutoscaleConfig, description="replicas by load")
+
+    @model_validator(mode="after")
+    def _check_autoscale(self) -> RewardConfig:
+        scale = self.autoscale
+        if scale.enabled and not scale.min_replicas <= self.replicas <= scale.max_replicas:
+            raise ValueError(
+                f"reward.replicas ({self.replicas}) must lie within reward.autoscale.min_replicas "
+                f"({scale.min_replicas}) and max_replicas ({scale.max_replicas}) when reward.autoscale.enabled; "
+                "external reward.urls (replicas 0) are scaled by their operator, not by the job")
+        return self
 
 
 class OldPolicySchedule(Section):

@@ -35,6 +35,7 @@ class Reporter:
         self.cfg, self.rt = cfg, rt
         self.run, self.bar = rt.run, rt.bar
         self.gauges = DriverMetrics()
+        self.scale_actions = 0  # reward scaler changes already logged
 
     def placed(self, version: int) -> None:
         """The `placement` record: the node each role's actors run on (a restarted actor's new node at the end)."""
@@ -67,6 +68,7 @@ class Reporter:
             groups=[e.summary.index for e in batch.entries], **metrics, **times,
             **vars(rt.buffer.counts),
             **rt.pool.counts(), **ray.get(rt.scorer.counts.remote()))
+        self.scaled(version)
         self.bar.update(1)
         self.bar.set_postfix(reward=f"{record['reward']:.3f}", loss=f"{metrics['loss']:.4f}", lag=lag,
                              img_s=f"{record['images_per_s']:.1f}")
@@ -77,6 +79,14 @@ class Reporter:
         if not ray.wait(applied, num_returns=len(applied), timeout=0)[1]:  # applied behind queued calls
             self.run.log("broadcast", version, version=version, applied_after_s=max(
                 rt.pool.applied_times(applied), default=published_at) - published_at)
+
+    def scaled(self, version: int) -> None:
+        """A `reward_scale` record per change of the reward replica set since the last update (reward.autoscale)."""
+        if self.rt.reward_scaler is None:
+            return
+        for action in ray.get(self.rt.reward_scaler.actions_since.remote(self.scale_actions)):
+            self.run.log("reward_scale", version, **action)
+            self.scale_actions += 1
 
     def finished(self, version: int, results: dict[str, Evaluations | None], *, learner_checksums: list[float],
                  unverified_broadcasts: int) -> None:

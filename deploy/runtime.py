@@ -23,11 +23,11 @@ from configs.schema import Config, RewardConfig
 from deploy.collector import Collector
 from deploy.metrics import write_prometheus_targets
 from deploy.report import RunDirectory
+from deploy.reward_scaling import start_replica, start_scaler
 from deploy.trackers import Trackers
 from learner.buffer import Buffer
 from learner.learner_group import LearnerGroup
 from reward_service.client import RewardClient
-from reward_service.replica import RewardReplica
 
 
 def start_ray(metrics_port: int | None = None) -> None:
@@ -42,11 +42,7 @@ def start_reward(cfg: RewardConfig, local: bool) -> tuple[list[str], list]:
     """External servers from `reward.urls`, or `reward.replicas` servers started as Ray actors; health-checked."""
     replicas = []
     if cfg.replicas:
-        remote = ray.remote(RewardReplica).options(num_cpus=cfg.num_cpus, num_gpus=cfg.num_gpus,
-                                                   resources=dict(cfg.resources), max_restarts=3)
-        host = "127.0.0.1" if local else "0.0.0.0"
-        replicas = [remote.remote(list(cfg.weights), cfg.scorer_args, api_key=cfg.api_key, host=host)
-                    for _ in range(cfg.replicas)]
+        replicas = [start_replica(cfg, local) for _ in range(cfg.replicas)]
         urls = ray.get([r.url.remote() for r in replicas], timeout=600)
     else:
         urls = list(cfg.urls)
@@ -68,6 +64,7 @@ class Runtime:
     collector: Collector
     eval_sets: dict[str, list]  # set name -> prompt groups at evaluation seeds
     bar: tqdm
+    reward_scaler: ray.actor.ActorHandle | None = None  # with reward.autoscale.enabled: owns the replicas it adds
 
 
 def build(cfg: Config, started: list, resume: Path | None = None) -> Runtime:
@@ -89,6 +86,10 @@ def build(cfg: Config, started: list, resume: Path | None = None) -> Runtime:
     scorer = ray.remote(GroupScorer).options(num_cpus=0, max_concurrency=64, max_restarts=3,
                                              scheduling_strategy=driver_node).remote(cfg.reward, urls, replicas)
     started.append(lambda: [ray.kill(actor) for actor in (scorer, *replicas)])
+    scaler = None
+    if cfg.reward.autoscale.enabled:  # killed first on shutdown, and the replicas it started with it
+        scaler = start_scaler(cfg.reward, cfg.run.name, scorer, replicas, local, scheduling_strategy=driver_node)
+        started.append(lambda: ray.kill(scaler))
     grpo = cfg.algorithm == "flow_grpo"  # what differs: what the samplers collect and the learner's loss
     learner = LearnerGroup(cfg.policy, cfg.learner, seed=cfg.run.seed,
                            max_policy_lag=0 if grpo else cfg.schedule.max_policy_lag,  # GRPO keeps no θ_old history
@@ -104,7 +105,7 @@ def build(cfg: Config, started: list, resume: Path | None = None) -> Runtime:
     buffer = Buffer(capacity=cfg.schedule.buffer_capacity, max_policy_lag=cfg.schedule.max_policy_lag,
                     adv_clip_max=cfg.learner.adv_clip_max, global_std=cfg.learner.global_std)
     collector = Collector(pool, scorer, prompts, buffer, cfg.schedule, cfg.sampler, log=bar.write)
-    return Runtime(run, scorer, replicas, learner, pool, prompts, buffer, collector, eval_sets(cfg), bar)
+    return Runtime(run, scorer, replicas, learner, pool, prompts, buffer, collector, eval_sets(cfg), bar, scaler)
 
 
 def placement(rt: Runtime, timeout_s: float = 120.0, log=print) -> dict[str, list[str | None]]:
