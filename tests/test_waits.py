@@ -80,7 +80,8 @@ def test_stalled_sampler_call_is_reported(local_ray, tiny_pipeline):
 def test_sampler_not_back_in_time_is_reported(local_ray, tiny_pipeline):
     """A lost Sampler is said at once with the resources it waits for; not back within sampler.timeout_s, it stops
     the run naming them (here its wait is pushed past the bound: a real one takes as long as no node is free)."""
-    cfg = config(tiny_pipeline, "sampler.num_actors=1", "sampler.num_steps=2", "sampler.timeout_s=30")
+    cfg = config(tiny_pipeline, "sampler.num_actors=1", "sampler.num_steps=2", "learner.timestep_fraction=0.5",
+                 "sampler.timeout_s=30")
     said: list[str] = []
     pool, unused = SamplerPool(cfg.policy, cfg.sampler, max_inflight=1, log=said.append), Unused.remote()
     try:
