@@ -10,16 +10,16 @@ import re
 import secrets
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
 import time
-from contextlib import ExitStack
 from pathlib import Path
 
 import httpx
 import pytest
+
+from tests.ports import free_ports
 
 pytestmark = pytest.mark.slow
 
@@ -27,14 +27,6 @@ REPO = Path(__file__).resolve().parents[1]
 RAY = str(Path(sys.executable).with_name("ray"))
 JOB_TIMEOUT_S = 360
 UPLOAD_LIMIT_MIB = 20  # the code, presets and prompt sets; .venv, .git, runs and caches stay home
-
-
-def free_ports(count: int) -> list[int]:
-    with ExitStack() as stack:
-        probes = [stack.enter_context(socket.socket()) for _ in range(count)]
-        for probe in probes:
-            probe.bind(("127.0.0.1", 0))
-        return [probe.getsockname()[1] for probe in probes]
 
 
 def ray_env() -> dict[str, str]:

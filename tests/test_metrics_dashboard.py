@@ -9,7 +9,6 @@ import math
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -19,18 +18,14 @@ import httpx
 import pytest
 import yaml
 
+from tests.ports import free_ports
+
 pytestmark = pytest.mark.slow
 
 REPO = Path(__file__).resolve().parents[1]
 PROMETHEUS = shutil.which("prometheus")
 RATE_WINDOW = "30s"  # stands in for Grafana's $__rate_interval (scrapes every 1 s here)
 RUN_TIMEOUT_S = 300
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def dashboard_queries() -> list[str]:
@@ -57,7 +52,7 @@ def prometheus_config(tmp: Path, output_dir: Path) -> Path:
 
 
 def start_prometheus(config: Path, tmp: Path) -> tuple[subprocess.Popen, str]:
-    port = free_port()
+    (port,) = free_ports(1)
     process = subprocess.Popen(
         [PROMETHEUS, f"--config.file={config}", f"--storage.tsdb.path={tmp / 'tsdb'}",
          f"--web.listen-address=127.0.0.1:{port}", "--log.level=warn"],

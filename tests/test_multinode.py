@@ -11,16 +11,16 @@ import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
 import time
-from contextlib import ExitStack
 from pathlib import Path
 
 import httpx
 import pytest
+
+from tests.ports import free_ports
 
 pytestmark = pytest.mark.slow
 
@@ -36,14 +36,6 @@ RUN = ["prompts.group_size=4", "schedule.groups_per_update=2", "schedule.buffer_
        "eval.num_steps=2", "eval.in_distribution_images_per_prompt=0", "run.grid_every=0", "run.progress=false",
        "policy.lora.rank=4", "policy.lora.alpha=8", "run.checkpoint_every=0"]
 RUN_TIMEOUT_S = 300
-
-
-def free_ports(count: int) -> list[int]:
-    with ExitStack() as stack:
-        probes = [stack.enter_context(socket.socket()) for _ in range(count)]
-        for probe in probes:
-            probe.bind(("127.0.0.1", 0))
-        return [probe.getsockname()[1] for probe in probes]
 
 
 def descendants(pid: int) -> list[int]:
