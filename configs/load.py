@@ -40,6 +40,9 @@ def _describe(error: ValidationError) -> str:
             lines.append(f"  {where}: unknown key; remove it or fix its spelling (see configs/schema.py)")
         elif item["type"] == "missing":
             lines.append(f"  {where}: required; set it in the YAML or as {where}=VALUE")
+        elif isinstance(item.get("input"), bool) and item["type"] in ("literal_error", "string_type"):
+            lines.append(f"  {where}: {item['msg']} (got {item['input']!r}: YAML reads an unquoted no/yes/off/on as "
+                         f"a boolean; quote the word, e.g. {where}='no' on the command line or \"no\" in a file)")
         else:
             lines.append(f"  {where}: {item['msg']} (got {item.get('input')!r})")
     return "invalid config:\n" + "\n".join(lines)

@@ -42,8 +42,9 @@ def test_override_parses_yaml_values():
     ("learner.micro_batch_size=7", "must be a multiple of learner.num_ranks"),
     ("reward.replicas=0", "no reward server"),
     ("sampler.num_steps=3", "= 0 timesteps per sample: raise learner.timestep_fraction"),  # 3 × 0.3 rounds to 0
+    ("learner.mixed_precision=no", "quote the word, e.g. learner.mixed_precision='no'"),  # YAML's no is False
 ], ids=["unknown-key", "negative-lr", "bad-solver", "sync-needs-one-inflight", "batch-divisibility", "no-reward",
-        "no-training-timestep"])
+        "no-training-timestep", "yaml-bool-word"])
 def test_bad_config_names_key_and_fix(override, needle):
     with pytest.raises(ConfigError, match=None) as error:
         load_config("configs/tiny_cpu.yaml", [override])

@@ -133,21 +133,33 @@ def test_stock_euler_sample_equals_ours(family, tmp_path):
     torch.testing.assert_close(unpack_2x2(out, *noise.shape[2:]), ours, rtol=1e-4, atol=1e-4)
 
 
+def preset_on_cpu(preset: str, pretrained: str, output_dir, name: str):
+    """A GPU preset as written, with only what this CPU machine cannot hold scaled down: the tiny model in place of
+    the hub id, float32 at 32², no GPU reservations, one sampler / replica / rank, 2 updates of 2 groups × 2 images,
+    and a reward that needs no hub weights (GenEval's detector cannot be downloaded here). Everything else (solver
+    steps, timestep fraction, NFT settings, θ_old schedule, overlapped schedule, EMA evaluation) is the preset's."""
+    from configs.load import load_config
+
+    return load_config(preset, [
+        f"policy.pretrained={pretrained}", "policy.resolution=32", "policy.dtype=float32",
+        "policy.max_sequence_length=32", "policy.lora.rank=4", "policy.lora.alpha=8",
+        f"run.output_dir={output_dir}", f"run.name={name}", "run.num_updates=2", "run.progress=false",
+        "run.grid_every=0", "run.checkpoint_every=0", "prompts.group_size=2",
+        "sampler.num_actors=1", "sampler.num_cpus=0.5", "sampler.num_gpus=0",
+        "reward.weights={jpeg_compressibility: 1.0}", "reward.replicas=1", "reward.num_cpus=0.25",
+        "reward.num_gpus=0", "learner.num_ranks=1", "learner.num_cpus=0.5", "learner.num_gpus=0",
+        "learner.num_threads=1", "learner.mixed_precision='no'", "schedule.groups_per_update=2",
+        "schedule.buffer_capacity=8", "eval.every=0", "eval.num_prompts=2"])
+
+
 @pytest.mark.slow
 def test_few_nft_updates_on_local_ray(family, local_ray, tmp_path):
-    from configs.load import load_config
+    """`python -m deploy.train configs/<family>_geneval.yaml` with the policy pointed at the tiny model's folder."""
     from deploy.train import train
 
     name, pretrained, _ = family
-    cfg = load_config("configs/tiny_cpu.yaml", [
-        f"policy.pretrained={pretrained}", "policy.max_sequence_length=32", f"run.output_dir={tmp_path}",
-        f"run.name={name}", "run.num_updates=2", "run.progress=false", "run.grid_every=0", "prompts.group_size=2",
-        "schedule.groups_per_update=2", "schedule.buffer_capacity=8", "learner.micro_batch_size=4",
-        "sampler.num_steps=4", "learner.timestep_fraction=0.5", "sampler.num_actors=1", "sampler.groups_per_call=1",
-        "eval.every=0",
-        "eval.num_steps=2", "eval.num_prompts=2", "eval.images_per_prompt=1",
-        "eval.in_distribution_images_per_prompt=0", "learner.num_threads=1", "policy.lora.rank=4",
-        "policy.lora.alpha=8"])
+    cfg = preset_on_cpu(f"configs/{name}_geneval.yaml", pretrained, tmp_path, name)
+    assert cfg.learner.kl_coef == 1e-4 and cfg.schedule.max_inflight == 2  # the preset's own settings are in play
     train(cfg)
     records = [json.loads(line) for line in (tmp_path / name / "metrics.jsonl").read_text().splitlines()]
     updates = [r for r in records if r["kind"] == "update"]
