@@ -141,6 +141,10 @@ class LearnerConfig(Section):
                                     "unpinned. For measuring stages on one node as a cluster would run them")
     resources: dict[str, float] = Field(default_factory=dict, description="custom Ray resources per rank, "
                                         "e.g. {nft_learner: 1}: ranks then run only on nodes that offer them")
+    max_recoveries: int = Field(
+        3, ge=0, description="times a run replaces a dead learner rank: the group is rebuilt from its state after the "
+        "last update (kept in Ray's object store) and the update is retried (0 = a dead rank ends the run, and no "
+        "state copy is kept per update)")
     backend: Literal["auto", "gloo", "nccl"] = Field(
         "auto", description="torch.distributed backend; auto = nccl on GPU")
     lr: float = Field(3e-4, gt=0, description="AdamW learning rate (the peak, under a cosine schedule)")

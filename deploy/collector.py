@@ -44,7 +44,7 @@ class Collector:
         committed = self.pool.inflight_groups + len(self.buffer)
         return min(ahead - committed, self.schedule.buffer_capacity - committed)
 
-    def pump(self, update_running: bool, timeout_s: float = 0.05) -> None:
+    def pump(self, update_running: bool = True, timeout_s: float = 0.05) -> None:
         """Top the pool up within admission control, then move finished calls into the buffer."""
         while self.pool.free_slots() and self.allowed_groups(update_running) >= self.per_call:
             self.pool.submit([self.prompts.next_group() for _ in range(self.per_call)], self.score)
@@ -71,8 +71,3 @@ class Collector:
                          + (f"; last failure: {counts.failures[-1]}" if counts.failures else "")
                          + (f"; {self.pool.waiting_for()}" if self.pool.waiting_for() else ""))
         return batch
-
-    def wait(self, refs: list, *, update_running: bool = True) -> None:
-        """Keep sampling (within admission control) until every ref is ready."""
-        while ray.wait(refs, num_returns=len(refs), timeout=0)[1]:
-            self.pump(update_running=update_running)

@@ -41,6 +41,8 @@ class DriverMetrics:
         self.inflight = HeldGauge("nft_sampler_inflight_groups", "groups in sample calls not yet scored")
         self.faults = HeldGauge("nft_sampler_faults", "sampler faults so far, by kind (resubmitted_groups, "
                                 "sampler_restarts, dead_samplers)", tag_keys=("kind",))
+        self.recoveries = HeldGauge("nft_learner_recoveries", "dead learner ranks replaced so far in this run "
+                                    "(learner.max_recoveries)")
         self.verified = HeldGauge("nft_weight_sync_verified", "theta_old loads by samplers whose checksum matched "
                                   "the learner's, so far (a mismatch stops the run)")
         self.phase_seconds = HeldGauge("nft_driver_phase_seconds", "seconds of each driver loop phase, last update",
@@ -57,7 +59,7 @@ class DriverMetrics:
                 self.eval_interval.set(intervals[key], tags={"set": name, "key": key})
 
     def updated(self, version: int, lag: int, batch: Batch, times: dict[str, float], buffer: Buffer,
-                pool: SamplerPool) -> None:
+                pool: SamplerPool, learner_recoveries: int = 0) -> None:
         self.version.set(version)
         self.lag.set(lag)
         self.reward.set(float(batch.rewards.mean()))
@@ -70,6 +72,7 @@ class DriverMetrics:
             self.dropped.set(total, tags={"reason": reason})
         self.inflight.set(pool.inflight_groups)
         self.verified.set(pool.verified_broadcasts)
+        self.recoveries.set(learner_recoveries)
         for kind, total in pool.counts().items():
             self.faults.set(total, tags={"kind": kind})
         for phase, seconds in times.items():

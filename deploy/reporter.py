@@ -59,14 +59,14 @@ class Reporter:
                 applied: list[ray.ObjectRef], published_at: float) -> None:
         rt, cfg = self.rt, self.cfg
         lag = version - 1 - min(batch.policy_versions)  # versions between the trained θ_old and the oldest sample's
-        self.gauges.updated(version, lag, batch, times, rt.buffer, rt.pool)
+        self.gauges.updated(version, lag, batch, times, rt.buffer, rt.pool, learner_recoveries=rt.learner.recoveries)
         record = self.run.log(
             "update", version, version=version, reward=float(batch.rewards.mean()), policy_lag=lag,
             images_sampled=rt.collector.sampled_images,
             images_per_s=rt.collector.sampled_images / max(time.time() - self.run.start, 1e-9),
             verified_broadcasts=rt.pool.verified_broadcasts, train_scores=train_scores(batch),
             groups=[e.summary.index for e in batch.entries], **metrics, **times,
-            **vars(rt.buffer.counts),
+            **vars(rt.buffer.counts), learner_recoveries=rt.learner.recoveries,
             **rt.pool.counts(), **ray.get(rt.scorer.counts.remote()))
         self.scaled(version)
         self.bar.update(1)

@@ -94,7 +94,7 @@ def build(cfg: Config, started: list, resume: Path | None = None) -> Runtime:
     learner = LearnerGroup(cfg.policy, cfg.learner, seed=cfg.run.seed,
                            max_policy_lag=0 if grpo else cfg.schedule.max_policy_lag,  # GRPO keeps no θ_old history
                            flow_grpo=cfg.flow_grpo if grpo else None, guidance_scale=cfg.sampler.guidance_scale,
-                           total_updates=cfg.run.num_updates)
+                           total_updates=cfg.run.num_updates, log=tqdm.write)
     started.append(learner.shutdown)
     bar = tqdm(total=cfg.run.num_updates, disable=not cfg.run.progress, dynamic_ncols=True,
                desc="Flow-GRPO" if grpo else "NFT")

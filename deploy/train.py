@@ -73,10 +73,8 @@ def run_training(cfg: Config, started: list) -> dict[str, Evaluations | None]:
         times: dict[str, float] = {}
         with timer(times, "collect_s"):  # sample → score → buffer
             batch = collector.next_batch(version)
-        with timer(times, "update_s"):  # update; the samplers keep going within admission control
-            refs = learner.update_async(batch)
-            collector.wait(refs)
-            metrics = ray.get(refs)[0]
+        with timer(times, "update_s"):  # update (a dead rank is replaced); samplers go on within admission control
+            metrics = learner.update(batch, pump=collector.pump)
         version += 1
         with timer(times, "broadcast_s"):  # broadcast θ_old@version to every Sampler
             published_at, applied = time.time(), broadcast(version)

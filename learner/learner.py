@@ -277,23 +277,33 @@ class Learner:
         return float(sum(p.detach().double().abs().sum() for p in [*self.theta.values(), *self.old.values()]))
 
     # ---- checkpoints ---------------------------------------------------------------------------------------
-    def state(self, with_weights: bool) -> dict[str, Any]:
-        """What a checkpoint keeps of this rank: step and RNG states; with_weights (rank 0) θ, θ_old, EMA, optimizer."""
+    def state(self, with_weights: bool, with_history: bool = False) -> dict[str, Any]:
+        """What a checkpoint keeps of this rank: step and RNG states; with_weights (rank 0) θ, θ_old, EMA, optimizer;
+        with_history also the θ_old versions lagged samples may still need (a recovery continues the buffer, a
+        resumed run does not)."""
         state: dict[str, Any] = {"step": self.step, "skipped_steps": self.skipped_steps, "rng": {
             "generator": self.generator.get_state(), "noise_generator": self.noise_generator.get_state(),
             "torch": torch.get_rng_state()}}
         if with_weights:  # the same on every rank: DDP keeps them in step
             state.update(theta=self.get_weights("theta"), old=self.get_weights("old"), ema=self.get_weights("ema"),
                          optimizer=self.optimizer.state_dict(), scaler=self.scaler.state_dict())
+            if with_history:
+                state["old_versions"] = dict(self.old_versions)
         return state
+
+    def update_and_state(self, batch: Batch, with_weights: bool) -> tuple[dict[str, Any], dict[str, Any]]:
+        """`update`, then this rank's state with the θ_old history, in one task: a result that arrived has the state
+        after it beside it, for the LearnerGroup to rebuild from if a rank dies later."""
+        return self.update(batch), self.state(with_weights, with_history=True)
 
     def load_state(self, state: dict[str, Any], rng: dict[str, torch.Tensor] | None, version: int) -> None:
         """Restore rank 0's `state` on this rank, with this rank's `rng` (None: a rank the saved run did not have).
 
-        θ_old resumes as `version`; earlier versions are not kept, since a resumed run's buffer starts empty."""
+        θ_old resumes as `version`; earlier versions come back only from a state taken with_history (a recovery):
+        a resumed run's buffer starts empty."""
         self.policy.load_weights(state["theta"], THETA)  # copies into the same Parameters the optimizer holds
         self.policy.load_weights(state["old"], OLD)
-        self.version, self.old_versions, self.lagged_version = version, {}, None
+        self.version, self.old_versions, self.lagged_version = version, dict(state.get("old_versions", {})), None
         self._keep_old_version()
         with torch.no_grad():
             for key, value in state["ema"].items():
