@@ -53,8 +53,11 @@ class WeightSyncError(RuntimeError):
 
 class SamplerPool:
     def __init__(self, policy_cfg: PolicyConfig, sampler_cfg: SamplerConfig, *, max_inflight: int,
-                 noise_level: float | None = None, ready_timeout_s: float = 300.0, log=print):
+                 noise_level: float | None = None, ready_timeout_s: float = 300.0, log=print, wait: bool = True):
+        """Starts the Sampler actors; with `wait`, returns once they are ready (else call `wait_ready` before use, so
+        the caller can start other actors while these load the model)."""
         self.cfg, self.max_inflight, self.log = sampler_cfg, max_inflight, log
+        self.ready_timeout_s = ready_timeout_s
         remote = ray.remote(Sampler).options(num_cpus=sampler_cfg.num_cpus, num_gpus=sampler_cfg.num_gpus,
                                              resources=dict(sampler_cfg.resources),
                                              max_restarts=sampler_cfg.max_restarts, max_task_retries=0)
@@ -73,13 +76,19 @@ class SamplerPool:
         self.dead: set[int] = set()  # actors past sampler.max_restarts
         self.waiting: list[tuple[list[PromptGroup], Score]] = []  # a dead actor's groups while no actor can take them
         self.seq = 0
-        ready, pending = ray.wait([a.ready.remote() for a in self.actors], num_returns=len(self.actors),
-                                  timeout=ready_timeout_s)
+        self.ready_refs = [a.ready.remote() for a in self.actors]
+        if wait:
+            self.wait_ready()
+
+    def wait_ready(self) -> None:
+        """Until every Sampler has loaded the model, or RuntimeError after ready_timeout_s (counted from now)."""
+        ready, pending = ray.wait(self.ready_refs, num_returns=len(self.actors), timeout=self.ready_timeout_s)
         if pending:
+            cfg = self.cfg
             raise RuntimeError(
-                f"{len(pending)} of {len(self.actors)} Sampler actors were not ready within {ready_timeout_s:.0f}s; "
-                f"each needs CPU {sampler_cfg.num_cpus}, GPU {sampler_cfg.num_gpus}, custom {sampler_cfg.resources}; "
-                f"the cluster has "
+                f"{len(pending)} of {len(self.actors)} Sampler actors were not ready within "
+                f"{self.ready_timeout_s:.0f}s; each needs CPU {cfg.num_cpus}, GPU {cfg.num_gpus}, custom "
+                f"{cfg.resources}; the cluster has "
                 f"{ray.available_resources()} free. Lower sampler.num_actors/num_cpus/num_gpus or add nodes")
 
     # ---- submission ---------------------------------------------------------------------------------------

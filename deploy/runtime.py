@@ -77,6 +77,13 @@ def build(cfg: Config, started: list, resume: Path | None = None) -> Runtime:
                                 dump_config(cfg), ids)
         started.append(run.trackers.close)
     local = not os.environ.get("RAY_ADDRESS")
+    grpo = cfg.algorithm == "flow_grpo"  # what differs: what the samplers collect and the learner's loss
+    bar = tqdm(total=cfg.run.num_updates, disable=not cfg.run.progress, dynamic_ncols=True,
+               desc="Flow-GRPO" if grpo else "NFT")
+    # The Samplers load the model while the reward servers and the learner ranks start: waited for last.
+    pool = SamplerPool(cfg.policy, cfg.sampler, max_inflight=cfg.schedule.max_inflight,
+                       noise_level=cfg.flow_grpo.noise_level if grpo else None, log=bar.write, wait=False)
+    started.append(pool.shutdown)
     urls, replicas = start_reward(cfg.reward, local=local)
     write_prometheus_targets(Path(cfg.run.output_dir) / "prometheus_targets" / f"{cfg.run.name}.json", urls,
                              own_ray=local)
@@ -90,17 +97,12 @@ def build(cfg: Config, started: list, resume: Path | None = None) -> Runtime:
     if cfg.reward.autoscale.enabled:  # killed first on shutdown, and the replicas it started with it
         scaler = start_scaler(cfg.reward, cfg.run.name, scorer, replicas, local, scheduling_strategy=driver_node)
         started.append(lambda: ray.kill(scaler))
-    grpo = cfg.algorithm == "flow_grpo"  # what differs: what the samplers collect and the learner's loss
     learner = LearnerGroup(cfg.policy, cfg.learner, seed=cfg.run.seed,
                            max_policy_lag=0 if grpo else cfg.schedule.max_policy_lag,  # GRPO keeps no θ_old history
                            flow_grpo=cfg.flow_grpo if grpo else None, guidance_scale=cfg.sampler.guidance_scale,
-                           total_updates=cfg.run.num_updates, log=tqdm.write)
+                           total_updates=cfg.run.num_updates, log=bar.write)
     started.append(learner.shutdown)
-    bar = tqdm(total=cfg.run.num_updates, disable=not cfg.run.progress, dynamic_ncols=True,
-               desc="Flow-GRPO" if grpo else "NFT")
-    pool = SamplerPool(cfg.policy, cfg.sampler, max_inflight=cfg.schedule.max_inflight,
-                       noise_level=cfg.flow_grpo.noise_level if grpo else None, log=bar.write)
-    started.append(pool.shutdown)
+    pool.wait_ready()
     prompts = PromptSource(read_prompts(cfg.prompts.train), group_size=cfg.prompts.group_size, seed=cfg.prompts.seed)
     buffer = Buffer(capacity=cfg.schedule.buffer_capacity, max_policy_lag=cfg.schedule.max_policy_lag,
                     adv_clip_max=cfg.learner.adv_clip_max, global_std=cfg.learner.global_std)
