@@ -50,12 +50,17 @@ class GroupScorer:
         self._refresh: asyncio.Future | None = None
         self._failures_seen = 0  # the client's failure count when the URLs were last asked for
         self.fault_counts = {"reward_url_refreshes": 0, "scoring_failed_groups": 0, "invalid_reward_groups": 0}
+        self.scored: set[int] = set()  # prompt-stream indices of the training groups scored (`score`)
+        self.rescored_groups = 0  # training groups scored a second time: none, unless a fault path repeats work
         self.metrics = ScoringMetrics()
 
     async def score(self, groups: list[Group]) -> tuple[list[GroupSummary], list[TrainingGroup], np.ndarray]:
         """Score every group of one sample call; call with `.options(num_returns=3)`: summaries for the driver,
         training groups for the learner, the first image of each group (G, H, W, 3) for grids."""
         await self.score_groups(groups)
+        for group in groups:
+            self.rescored_groups += group.index in self.scored
+            self.scored.add(group.index)
         return ([GroupSummary.of(g) for g in groups], [g.for_learner() for g in groups],
                 np.stack([g.images[0] for g in groups]))
 
@@ -142,5 +147,6 @@ class GroupScorer:
     def counts(self) -> dict[str, int]:
         """Failure counts for the run's metrics log: groups lost to scoring, URL refreshes, request failures."""
         stats = self.client.stats()
-        return {**self.fault_counts, "reward_request_failures": stats["failures"], "reward_retries": stats["retries"]}
+        return {**self.fault_counts, "reward_request_failures": stats["failures"], "reward_retries": stats["retries"],
+                "scored_groups": len(self.scored), "rescored_groups": self.rescored_groups}
 

@@ -36,6 +36,7 @@ class Reporter:
         self.run, self.bar = rt.run, rt.bar
         self.gauges = DriverMetrics()
         self.scale_actions = 0  # reward scaler changes already logged
+        self.trained_groups = 0  # groups the learner trained on in this process (since the resume, if resumed)
 
     def placed(self, version: int) -> None:
         """The `placement` record: the node each role's actors run on (a restarted actor's new node at the end)."""
@@ -58,6 +59,7 @@ class Reporter:
     def updated(self, version: int, batch: Batch, metrics: dict[str, Any], times: dict[str, float],
                 applied: list[ray.ObjectRef], published_at: float) -> None:
         rt, cfg = self.rt, self.cfg
+        self.trained_groups += len(batch.entries)
         lag = version - 1 - min(batch.policy_versions)  # versions between the trained θ_old and the oldest sample's
         self.gauges.updated(version, lag, batch, times, rt.buffer, rt.pool, learner_recoveries=rt.learner.recoveries)
         record = self.run.log(
@@ -92,8 +94,13 @@ class Reporter:
                  unverified_broadcasts: int) -> None:
         rt = self.rt
         self.bar.close()
+        # Where every group drawn from the prompt stream went (a fresh run: prompt_position is the groups drawn):
+        # prompt_position = trained + stale + failed + overflow + buffered + in flight.
         self.run.log("final", version, version=version, learner_checksums=learner_checksums,
                      verified_broadcasts=rt.pool.verified_broadcasts, unverified_broadcasts=unverified_broadcasts,
+                     prompt_position=rt.prompts.position, trained_groups=self.trained_groups,
+                     buffered_groups=len(rt.buffer), inflight_groups=rt.pool.inflight_groups,
+                     learner_recoveries=rt.learner.recoveries,
                      **vars(rt.buffer.counts), **rt.pool.counts(), **ray.get(rt.scorer.counts.remote()))
         self.run.curves(train_key="reward", test_key=headline_key(self.cfg, results["after"]))
         if results["before"] and results["after"]:

@@ -7,8 +7,9 @@ once, and its checksum.
 Recovery (`learner.max_recoveries` > 0): every update also leaves each rank's state after it in Ray's object store
 (one task, so a result that arrived has its state). When a rank dies during an update, `update` kills the group,
 starts it afresh, loads that state and runs the update again on the same batch: the run continues as if nothing had
-happened (tests/test_checkpoint.py compares it with an uninterrupted run). The state lives on the learner's node; if
-the node itself is lost, the run stops and says to resume from the last checkpoint.
+happened (tests/test_checkpoint.py compares it with an uninterrupted run). A rank 0 found dead when weights are
+published is replaced the same way; one dying while a checkpoint is written still ends the run. The state lives on
+the learner's node: if the node itself is lost, the run stops and says to resume from the last checkpoint.
 """
 
 from __future__ import annotations
@@ -128,8 +129,13 @@ class LearnerGroup:
         self.load_state(states, self.snapshot_version)
 
     def publish_async(self, which: str = "old") -> tuple[ray.ObjectRef, ray.ObjectRef]:
-        """Rank 0's θ_old ('old'), θ ('theta') or EMA ('ema') as numpy arrays, and their checksum: two refs."""
+        """Rank 0's θ_old ('old'), θ ('theta') or EMA ('ema') as numpy arrays, and their checksum: two refs. With
+        recovery on, waits for the checksum: a rank 0 that died since the last update is replaced first (the state
+        after the last update is the current one) and publishes again."""
         weights, checksum = self.ranks[0].publish.options(num_returns=2).remote(which)
+        if self.cfg.max_recoveries and (died := self._wait([checksum], None)) is not None:
+            self._recover(died)
+            return self.publish_async(which)
         return weights, checksum
 
     def weights_async(self, which: str = "old") -> ray.ObjectRef:

@@ -7,6 +7,8 @@ import os
 import pytest
 import torch
 
+from tests.cluster import RUN_TIMEOUT_S, LocalCluster, Run
+
 torch.set_num_threads(1)  # 2 cores shared by Ray actors and the test process
 
 
@@ -29,3 +31,31 @@ def local_ray():
         ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False)
     yield ray
     ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory):
+    """A multi-node cluster (tests/cluster.py) per test module that asks for one: head (driver, GroupScorer), a
+    learner node (room for 2 ranks), a sampler node, two reward nodes (one replica each)."""
+    nodes = LocalCluster(tmp_path_factory.mktemp("cluster"))
+    try:
+        nodes.start("head", {}, head=True)
+        for name, resources in [("learner", {"nft_learner": 2}), ("sampler", {"nft_sampler": 2}),
+                                ("reward_a", {"nft_reward": 1}), ("reward_b", {"nft_reward": 1})]:
+            nodes.start(name, resources)
+        yield nodes
+    finally:
+        nodes.shutdown()
+
+
+@pytest.fixture
+def run(cluster, tmp_path):
+    runs = []
+
+    def start(name: str, *args: str, timeout_s: float = RUN_TIMEOUT_S) -> Run:
+        runs.append(Run(cluster, tmp_path, name, list(args), timeout_s=timeout_s))
+        return runs[-1]
+
+    yield start
+    for started in runs:
+        started.kill()
