@@ -6,9 +6,10 @@ from pathlib import Path
 
 from bench.paired import Spread
 
-ORDER = ("overlap", "broadcast", "reward", "learner", "buffer", "learning")
+ORDER = ("overlap", "broadcast", "reward", "reward_scaling", "learner", "buffer", "learning")
 TITLES = {"overlap": "Overlap (end-to-end images trained per second)", "broadcast": "Weight broadcast (θ_old)",
-          "reward": "Reward path (HTTP vs in-process)", "learner": "Learner step (NFT vs flow matching)",
+          "reward": "Reward path (HTTP vs in-process)",
+          "reward_scaling": "Reward replicas that follow the load", "learner": "Learner step (NFT vs flow matching)",
           "buffer": "Buffer memory per sample", "learning": "Learning speed (in-distribution shapes strict score)"}
 
 

@@ -22,7 +22,7 @@ import psutil
 import ray
 import torch
 
-from bench import broadcast, buffer_memory, learner_step, reward_path, schedules
+from bench import broadcast, buffer_memory, learner_step, reward_path, reward_scaling, schedules
 from bench.context import COMMITTED_POLICY, BenchContext
 from bench.report import write_markdown
 
@@ -33,6 +33,7 @@ MEASUREMENTS: dict[str, Callable[[BenchContext], dict[str, dict]]] = {
     "learner": learner_step.measure,
     "broadcast": broadcast.measure,
     "reward": reward_path.measure,
+    "reward_scaling": reward_scaling.measure,
     "schedules": schedules.measure,
 }
 ALIASES = {"overlap": "schedules", "learning": "schedules"}

@@ -94,6 +94,7 @@ class Reporter:
                  unverified_broadcasts: int) -> None:
         rt = self.rt
         self.bar.close()
+        self.scaled(version)  # reward replica changes after the last update
         # Where every group drawn from the prompt stream went (a fresh run: prompt_position is the groups drawn):
         # prompt_position = trained + stale + failed + overflow + buffered + in flight.
         self.run.log("final", version, version=version, learner_checksums=learner_checksums,

@@ -23,17 +23,25 @@ def run(tiny_pipeline, tmp_path, name, *extra):
     return cfg, results, records
 
 
+# reward.autoscale on, with a target no load of this run reaches: the set drains from 2 replicas to 1 while it runs
+AUTOSCALE = ["reward.autoscale.enabled=true", "reward.autoscale.min_replicas=1", "reward.autoscale.max_replicas=2",
+             "reward.autoscale.target_outstanding=100", "reward.autoscale.window_s=2",
+             "reward.autoscale.interval_s=0.5"]
+
+
 def test_two_ranks_two_samplers_two_replicas(local_ray, tiny_pipeline, tmp_path):
     cfg, results, records = run(tiny_pipeline, tmp_path, "overlap", "run.num_updates=3", "learner.num_ranks=2",
                                 "learner.num_cpus=0.5", "sampler.num_actors=2", "reward.replicas=2",
-                                "eval.images_per_prompt=1", "eval.in_distribution_images_per_prompt=2")
+                                "eval.images_per_prompt=1", "eval.in_distribution_images_per_prompt=2", *AUTOSCALE)
     updates = [r for r in records if r["kind"] == "update"]
     assert [r["step"] for r in updates] == [1, 2, 3] and [r["version"] for r in updates] == [1, 2, 3]
     assert all(r["policy_lag"] <= cfg.schedule.max_policy_lag for r in updates)
     assert all(r["samples"] == 4 * 4 // 2 for r in updates)  # each rank trains on its half of the batch
     final = next(r for r in records if r["kind"] == "final")
     assert len(set(final["learner_checksums"])) == 1, final["learner_checksums"]  # DDP kept the ranks identical
-    assert final["failed_groups"] == 0
+    assert final["failed_groups"] == 0 and final["reward_retries"] == 0  # the drained replica lost no request
+    scaled = [(r["action"], r["was"], r["replicas"]) for r in records if r["kind"] == "reward_scale"]
+    assert scaled == [("scale_down", 2, 1)], scaled
     assert set(results["before"]) == set(results["after"]) == {"in-distribution", "held-out"}
     for name, result in results["after"].items():
         assert result.means.keys() >= {"shapes", "shapes_strict"} and result.version == 3 and result.name == name
