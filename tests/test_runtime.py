@@ -55,17 +55,6 @@ def test_two_ranks_two_samplers_two_replicas(local_ray, tiny_pipeline, tmp_path)
     assert evals == [(0, "in-distribution"), (0, "held-out"), (3, "in-distribution"), (3, "held-out")]
 
 
-def test_synchronous_schedule_is_deterministic(local_ray, tiny_pipeline, tmp_path):
-    sync = ["run.num_updates=2", "schedule.max_policy_lag=0", "schedule.max_inflight=1", "eval.num_prompts=1"]
-    losses = []
-    for name in ("sync_a", "sync_b"):
-        _, _, records = run(tiny_pipeline, tmp_path, name, *sync)
-        updates = [r for r in records if r["kind"] == "update"]
-        assert all(r["policy_lag"] == 0 for r in updates)
-        losses.append([(r["loss"], r["reward"]) for r in updates])
-    assert losses[0] == losses[1]
-
-
 def test_failed_rewards_drop_groups_never_default(local_ray, tiny_pipeline, tmp_path):
     """Prompts whose metadata the shapes scorer rejects (422) make their groups fail: dropped and counted."""
     good = [json.loads(line) for line in open("configs/prompts/shapes_train.jsonl")][:6]
