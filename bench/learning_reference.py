@@ -20,7 +20,7 @@ import numpy as np
 from bench.reproduce import read_records
 
 REFERENCE = Path("tests/reference/learning_short.json")
-SHORT_UPDATES = 70
+SHORT_UPDATES = 35  # make run evaluates every 35 updates, so make reproduce's runs hold this evaluation
 SHORT = (f"run.num_updates={SHORT_UPDATES}", "eval.every=0", "run.grid_every=0", "run.progress=false",
          "run.checkpoint_every=0")
 

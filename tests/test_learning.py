@@ -1,4 +1,4 @@
-"""`make run`'s recipe still learns: seed 0 of the short run (bench.learning_reference.SHORT: the first 70 updates)
+"""`make run`'s recipe still learns: seed 0 of the short run (bench.learning_reference.SHORT: the first 35 updates)
 against tests/reference/learning_short.json, which holds what `make reproduce`'s 3 seeds measured at that update."""
 
 import json
@@ -7,8 +7,7 @@ import pytest
 
 from bench.learning_reference import REFERENCE, run_short
 
-# 70 updates with two evaluations: 442 s and 543 s on the same 2-core machine on one day, too close to the suite's
-# 600 s per-test limit to tell a hang from a slow machine.
+# 35 updates with two evaluations, about 3 min on a quiet 2-core machine; a loaded one has taken 3× as long.
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
 
 
