@@ -36,7 +36,7 @@ class BenchContext:
 
     def run_config(self, run_name: str, *more: str) -> Config:
         """As `config`, for a training run: its own run directory, no grids, no progress bar; smaller when quick."""
-        quick = ["schedule.groups_per_update=2", "learner.micro_batch_size=16", "sampler.num_steps=4",
+        quick = ["schedule.groups_per_update=2", "learner.micro_batch_size=8", "sampler.num_steps=4",
                  "eval.num_prompts=8", "eval.num_steps=4"] if self.quick else []
         return self.config(f"run.output_dir={self.scratch / 'runs'}", f"run.name={run_name}", "run.grid_every=0",
                            "run.progress=false", *quick, *more)

@@ -24,7 +24,7 @@ ROLE_RESOURCE = {"sampler": "nft_sampler", "learner": "nft_learner", "reward": "
 PLACED = [f"{role}.resources.{resource}=1" for role, resource in ROLE_RESOURCE.items()]
 RUN = ["prompts.group_size=4", "schedule.groups_per_update=2", "schedule.buffer_capacity=8",
        "schedule.max_policy_lag=1", "schedule.max_inflight=2",  # Samplers always busy: a lost node has calls on it
-       "learner.micro_batch_size=8", "learner.num_threads=1", "sampler.num_actors=2", "sampler.groups_per_call=1",
+       "learner.micro_batch_size=4", "learner.num_threads=1", "sampler.num_actors=2", "sampler.groups_per_call=1",
        "sampler.num_steps=4", "sampler.timeout_s=150", "reward.replicas=2", "eval.every=0", "eval.num_prompts=2",
        "eval.num_steps=2", "eval.in_distribution_images_per_prompt=0", "run.grid_every=0", "run.progress=false",
        "policy.lora.rank=4", "policy.lora.alpha=8", "run.checkpoint_every=0"]

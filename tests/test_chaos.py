@@ -44,7 +44,7 @@ def actor_processes(cluster, role: str) -> list[int]:
 
 def test_random_kills_lose_and_repeat_nothing(cluster, run):
     rng = random.Random(1)
-    training = run("chaos", f"run.num_updates={NUM_UPDATES}", "learner.num_ranks=2", "learner.micro_batch_size=4",
+    training = run("chaos", f"run.num_updates={NUM_UPDATES}", "learner.num_ranks=2", "learner.micro_batch_size=2",
                    timeout_s=900)
     killed = {"sampler": 0, "reward": 0, "learner": 0}
     for after, role in kill_plan():

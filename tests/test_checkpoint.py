@@ -83,7 +83,7 @@ def test_resolve_resume(tmp_path):
 # The cut run's first update comes from a start as fresh as the whole run's, so the equalities below also show the
 # synchronous schedule deterministic from one run to the next.
 SYNC = ["prompts.group_size=4", "schedule.groups_per_update=2", "schedule.buffer_capacity=8",
-        "learner.micro_batch_size=8", "sampler.num_actors=1", "sampler.groups_per_call=1", "sampler.num_steps=4",
+        "learner.micro_batch_size=4", "sampler.num_actors=1", "sampler.groups_per_call=1", "sampler.num_steps=4",
         "schedule.max_policy_lag=0", "schedule.max_inflight=1", "prompts.test=null",
         "eval.in_distribution_images_per_prompt=0", "run.grid_every=0",
         "run.progress=false", "learner.lr=1e-3", "run.num_updates=4", "policy.lora.rank=4", "policy.lora.alpha=8",

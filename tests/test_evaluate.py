@@ -63,7 +63,7 @@ def test_evaluate_matches_the_runs_own_evaluations(local_ray, tiny_pipeline, tmp
     cfg = load_config("configs/tiny_cpu.yaml", [
         f"policy.pretrained={tiny_pipeline}", f"run.output_dir={tmp_path}", "run.name=short", "run.num_updates=2",
         "prompts.group_size=4", "schedule.groups_per_update=2", "schedule.buffer_capacity=8",
-        "learner.micro_batch_size=8", "learner.lr=1e-2", "sampler.num_actors=1", "sampler.groups_per_call=1",
+        "learner.micro_batch_size=4", "learner.lr=1e-2", "sampler.num_actors=1", "sampler.groups_per_call=1",
         "sampler.num_steps=4", "eval.num_steps=4", "eval.num_prompts=4", "run.grid_every=0", "run.progress=false",
         "reward.weights={jpeg_compressibility: 1.0}"])  # a random policy scores 0 on shapes: compare a live score
     results = train(cfg)

@@ -75,7 +75,7 @@ def test_non_finite_loss_skips_the_step_and_leaves_weights(tiny_pipeline):
 
 # ---- a real run on a local Ray: kill a Sampler and the only reward replica while calls are in flight ---------------
 FAULTS = ["prompts.group_size=4", "schedule.groups_per_update=2", "schedule.buffer_capacity=8",
-          "learner.micro_batch_size=8", "sampler.num_actors=2", "sampler.groups_per_call=1", "sampler.num_steps=4",
+          "learner.micro_batch_size=4", "sampler.num_actors=2", "sampler.groups_per_call=1", "sampler.num_steps=4",
           "reward.replicas=1", "prompts.test=null", "eval.in_distribution_images_per_prompt=0", "run.grid_every=0",
           "run.progress=false", "run.num_updates=6",
           "policy.lora.rank=4", "policy.lora.alpha=8", "run.checkpoint_every=0"]

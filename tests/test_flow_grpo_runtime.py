@@ -68,7 +68,7 @@ def test_flow_grpo_run(local_ray, tiny_pipeline, tmp_path):
 
     cfg = load_config("configs/tiny_cpu.yaml", [
         f"policy.pretrained={tiny_pipeline}", f"run.output_dir={tmp_path}", "run.name=grpo", *GRPO,
-        "prompts.group_size=4", "schedule.groups_per_update=2", "learner.micro_batch_size=8", "sampler.num_steps=4",
+        "prompts.group_size=4", "schedule.groups_per_update=2", "learner.micro_batch_size=4", "sampler.num_steps=4",
         "sampler.num_actors=1", "sampler.groups_per_call=1", "prompts.test=null",
         "eval.in_distribution_images_per_prompt=0", "run.grid_every=0", "run.progress=false", "run.num_updates=3",
         "run.checkpoint_every=0", "policy.lora.rank=4", "policy.lora.alpha=8"])

@@ -100,7 +100,7 @@ def test_job_submit_runs_training(ray_head, tiny_pipeline, tmp_path):
         "python", "-m", "deploy.train", "configs/tiny_cpu.yaml", f"policy.pretrained={tiny_pipeline}",
         f"run.output_dir={output_dir}", "run.name=job", "run.num_updates=2", "run.progress=false", "run.grid_every=0",
         "eval.every=0", "eval.num_prompts=2", "eval.num_steps=2", "schedule.groups_per_update=4",
-        "learner.timestep_fraction=0.2", "sampler.num_actors=1"])
+        "learner.timestep_fraction=0.2", "learner.micro_batch_size=16", "sampler.num_actors=1"])
     job_id = re.search(r"Job '(raysubmit_\w+)' submitted successfully", output).group(1)
 
     start, status = time.monotonic(), "PENDING"

@@ -83,7 +83,7 @@ def train_command(policy: str, output_dir: Path) -> list[str]:
     return [sys.executable, "-m", "deploy.train", "configs/tiny_cpu.yaml", f"policy.pretrained={policy}",
             f"run.output_dir={output_dir}", "run.name=metrics", "run.num_updates=5", "run.progress=false",
             "run.grid_every=0", "run.checkpoint_every=0", "eval.every=0", "eval.num_prompts=2", "eval.num_steps=2",
-            "schedule.groups_per_update=4", "learner.timestep_fraction=0.2"]
+            "schedule.groups_per_update=4", "learner.timestep_fraction=0.2", "learner.micro_batch_size=16"]
 
 
 @pytest.mark.skipif(PROMETHEUS is None, reason="the prometheus binary is absent (Debian: apt-get install prometheus; "

@@ -40,7 +40,7 @@ def test_run_logs_to_tensorboard_and_offline_wandb(local_ray, tiny_pipeline, tmp
     cfg = load_config("configs/tiny_cpu.yaml", [
         f"policy.pretrained={tiny_pipeline}", f"run.output_dir={tmp_path}", "run.name=tracked",
         "run.trackers=[tensorboard, wandb]", "prompts.group_size=4", "schedule.groups_per_update=2",
-        "learner.micro_batch_size=8", "sampler.num_steps=4", "sampler.num_actors=1", "sampler.groups_per_call=1",
+        "learner.micro_batch_size=4", "sampler.num_steps=4", "sampler.num_actors=1", "sampler.groups_per_call=1",
         "eval.num_steps=4", "eval.num_prompts=2", "eval.images_per_prompt=1",
         "eval.in_distribution_images_per_prompt=1", "run.grid_every=1", "run.progress=false", "run.num_updates=2",
         "policy.lora.rank=4", "policy.lora.alpha=8"])
