@@ -56,3 +56,14 @@ def test_every_missed_target_says_why():
     assert missed and all("GPU" in row.rsplit("|", 2)[1] for row in missed)
     with pytest.raises(KeyError, match="WHY_MISSED"):
         target_rows({"measurements": {"reward": {"targets": [target("a new target", 2.0, 1.0, at_most=True)]}}})
+
+
+def test_algorithms_compare_interpolates_where_nft_reaches_grpos_final_score():
+    from bench.algorithms import compare, first_reach
+
+    nft = {"images": [0, 100, 200], "train_s": [0, 10, 20], "mean": [0.4, 0.6, 0.7]}
+    grpo = {"images": [0, 100, 200], "train_s": [0, 20, 40], "mean": [0.4, 0.45, 0.5]}
+    assert first_reach(nft, "images", 0.5) == 50 and first_reach(nft, "images", 0.8) is None
+    assert first_reach(nft, "images", 0.3) == 0  # already there at the start
+    result = compare({"NFT": nft, "Flow-GRPO": grpo})
+    assert result["target"] == 0.5 and result["ratio_images"] == 4.0 and result["ratio_train_s"] == 8.0

@@ -1,0 +1,141 @@
+"""`python -m bench.algorithms [--nft-runs DIR] [--grpo-runs DIR] [--seeds 0,1,2] [--updates N] [--report-only]`:
+NFT against Flow-GRPO on the embedded default's world, side by side.
+
+Each algorithm runs as `make reproduce` runs `make run` (bench/reproduce.py: one `deploy.train` process per seed,
+`run.seed` = `prompts.seed` = seed): NFT with configs/tiny_cpu.yaml, Flow-GRPO with configs/tiny_cpu_grpo.yaml (the
+same world, reward, batch, optimizer, schedule and evaluation; the collection and the loss differ). With
+--report-only the runs already in the two folders are compared. Writes, under --out (default bench/algorithms/):
+results.json, results.md and algorithms.png: in-distribution strict against images sampled and against training
+wall-clock, mean over seeds with the seeds' range as a band; and how many images (and seconds) NFT needs to reach
+Flow-GRPO's final mean score.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from bench.reproduce import curve, read_records
+
+CONFIGS = {"NFT": "configs/tiny_cpu.yaml", "Flow-GRPO": "configs/tiny_cpu_grpo.yaml"}
+SET, KEY = "in-distribution", "shapes_strict"
+
+
+def mean_curve(runs: dict[int, list[dict]]) -> dict[str, list[float]]:
+    """Evaluation points common to every seed: step, images and training seconds (means), score mean/min/max."""
+    curves = [curve(records, SET, KEY) for records in runs.values()]
+    length = min(len(c) for c in curves)
+    scores = np.array([[p["score"] for p in c[:length]] for c in curves])  # (seeds, points)
+    return {"step": [p["step"] for p in curves[0][:length]],
+            "images": np.array([[p["images"] for p in c[:length]] for c in curves]).mean(axis=0).tolist(),
+            "train_s": np.array([[p["train_s"] for p in c[:length]] for c in curves]).mean(axis=0).tolist(),
+            "mean": scores.mean(axis=0).tolist(), "min": scores.min(axis=0).tolist(),
+            "max": scores.max(axis=0).tolist(), "seeds": len(curves)}
+
+
+def first_reach(c: dict, axis: str, score: float) -> float | None:
+    """The `axis` value (images or train_s) where the mean curve first reaches `score`, linearly interpolated."""
+    for i in range(1, len(c["mean"])):
+        lo, hi = c["mean"][i - 1], c["mean"][i]
+        if hi >= score > lo or (i == 1 and lo >= score):
+            if lo >= score:
+                return c[axis][i - 1]
+            return c[axis][i - 1] + (score - lo) / (hi - lo) * (c[axis][i] - c[axis][i - 1])
+    return None
+
+
+def compare(curves: dict[str, dict]) -> dict:
+    nft, grpo = curves["NFT"], curves["Flow-GRPO"]
+    target = grpo["mean"][-1]
+    out = {"target": target, "grpo_images": grpo["images"][-1], "grpo_train_s": grpo["train_s"][-1]}
+    for axis in ("images", "train_s"):
+        reached = first_reach(nft, axis, target)
+        out[f"nft_{axis}"] = reached
+        out[f"ratio_{axis}"] = out[f"grpo_{axis}"] / reached if reached else None
+    return out
+
+
+def plot(path: Path, curves: dict[str, dict], title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4), sharey=True)
+    for (name, c), color in zip(curves.items(), ("tab:blue", "tab:green"), strict=True):
+        for ax, axis in zip(axes, ("images", "train_s"), strict=True):
+            ax.plot(c[axis], c["mean"], "o-", color=color, label=f"{name} (mean of {c['seeds']} seeds)")
+            ax.fill_between(c[axis], c["min"], c["max"], color=color, alpha=0.2)
+    axes[0].set_xlabel("images sampled")
+    axes[1].set_xlabel("training wall-clock (s, evaluations left out)")
+    axes[0].set_ylabel(f"{SET} {KEY} (band: range over seeds)")
+    for ax in axes:
+        ax.grid(alpha=0.3)
+        ax.legend(loc="best", fontsize=8)
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def markdown(curves: dict[str, dict], result: dict, commands: dict[str, str]) -> str:
+    lines = [f"# NFT against Flow-GRPO ({time.strftime('%Y-%m-%d')})", "",
+             *[f"- {name}: `{command}`" for name, command in commands.items()], "",
+             f"{SET} {KEY}, mean over seeds [range], at each evaluation:", "",
+             "| algorithm | " + " | ".join(f"update {s}" for s in curves["NFT"]["step"]) + " |",
+             "|---|" + "---|" * len(curves["NFT"]["step"])]
+    for name, c in curves.items():
+        cells = [f"{m:.3f} [{lo:.3f}–{hi:.3f}]" for m, lo, hi in zip(c["mean"], c["min"], c["max"], strict=True)]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    lines += ["", f"Flow-GRPO's final mean score is {result['target']:.3f}, after {result['grpo_images']:.0f} images "
+              f"and {result['grpo_train_s']:.0f} s of training."]
+    if result["nft_images"] is not None:
+        lines.append(f"NFT's mean curve reaches it after {result['nft_images']:.0f} images "
+                     f"({result['ratio_images']:.1f}× fewer) and {result['nft_train_s']:.0f} s "
+                     f"({result['ratio_train_s']:.1f}× less training wall-clock), interpolated between evaluations.")
+    else:
+        lines.append("NFT's mean curve does not reach it in these runs.")
+    return "\n".join(lines) + "\n\n![NFT against Flow-GRPO](algorithms.png)\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.algorithms", description=__doc__.splitlines()[0])
+    parser.add_argument("--seeds", default="0,1,2")
+    parser.add_argument("--updates", type=int, default=140, help="run.num_updates of every run")
+    parser.add_argument("--nft-runs", default="runs/algorithms_nft", help="run directories of NFT (<config>_seed<N>)")
+    parser.add_argument("--grpo-runs", default="runs/algorithms_grpo", help="run directories of Flow-GRPO")
+    parser.add_argument("--out", default="bench/algorithms")
+    parser.add_argument("--report-only", action="store_true", help="compare the runs already there, train nothing")
+    args = parser.parse_args(argv)
+    seeds = [int(s) for s in args.seeds.split(",")]
+    folders = {"NFT": Path(args.nft_runs), "Flow-GRPO": Path(args.grpo_runs)}
+    for name, config in CONFIGS.items() if not args.report_only else []:
+        subprocess.run([sys.executable, "-m", "bench.reproduce", "--config", config, "--seeds", args.seeds,
+                        "--runs", str(folders[name]), "--out", str(folders[name]), "--stock-steps", "0",
+                        f"run.num_updates={args.updates}"], check=True)
+    runs = {name: {seed: read_records(folders[name] / f"{Path(config).stem}_seed{seed}") for seed in seeds}
+            for name, config in CONFIGS.items()}
+    curves = {name: mean_curve(by_seed) for name, by_seed in runs.items()}
+    updates = {name: next(r for r in by_seed[seeds[0]] if r["kind"] == "final")["step"]
+               for name, by_seed in runs.items()}
+    commands = {name: f"python -m deploy.train {CONFIGS[name]} run.seed=S prompts.seed=S run.num_updates={n}"
+                for name, n in updates.items()}
+    result = compare(curves)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "results.json").write_text(json.dumps({"curves": curves, "comparison": result, "commands": commands,
+                                                  "seeds": seeds}, indent=1) + "\n")
+    plot(out / "algorithms.png", curves, f"NFT vs Flow-GRPO on the shapes world, seeds {args.seeds}")
+    (out / "results.md").write_text(markdown(curves, result, commands))
+    print((out / "results.md").read_text())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
