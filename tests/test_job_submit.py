@@ -4,6 +4,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -19,6 +20,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from tests.cluster import descendants
 from tests.ports import free_ports
 
 pytestmark = pytest.mark.slow
@@ -58,7 +60,11 @@ def ray_head(tmp_path):
             time.sleep(1)
         yield address, env, Path(temp_dir)
     finally:
-        os.killpg(head.pid, signal.SIGTERM)  # `ray start --block` stops the head's processes on SIGTERM
+        # SIGKILL the head and everything it started (Ray gives its workers process groups of their own): a graceful
+        # `ray stop` on SIGTERM took 30 s here and is not what this test is about.
+        for pid in [head.pid, *descendants(head.pid)]:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
         head.wait(timeout=60)
         shutil.rmtree(temp_dir, ignore_errors=True)
 
