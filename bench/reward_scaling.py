@@ -73,7 +73,7 @@ def rate(timeline: list[tuple[float, int, int]], start: float, end: float) -> fl
 
 
 def measure(ctx: BenchContext) -> dict[str, dict]:
-    window_s, hold_s = (3.0, 6.0) if ctx.quick else (10.0, 30.0)
+    window_s, hold_s = (3.0, 6.0) if ctx.quick else (20.0, 30.0)  # a long window: one replica's rate gets steady
     auto = AutoscaleConfig(enabled=True, min_replicas=1, max_replicas=2, target_outstanding=2.0, window_s=window_s,
                            interval_s=0.5, drain_timeout_s=60.0)
     cfg = RewardConfig(weights={"shapes": 1.0}, replicas=1, num_cpus=0.5, max_retries=3, autoscale=auto)
@@ -110,9 +110,9 @@ def measure(ctx: BenchContext) -> dict[str, dict]:
         for actor in (scaler, scorer, *replicas):
             ray.kill(actor)
     up, light, down = marks["scaled_up"], marks["light"], marks["scaled_down"]
-    # heavy load on one replica: after 3 s of warm-up, and before the scaler can decide (window_s), so the second
-    # replica's start-up (imports, scorer build) does not compete with the first for the cores
-    one = rate(timeline, 3.0, min(up, window_s)) if up else float("nan")
+    # heavy load on one replica: after its warm-up (its rate climbs over the first ~10 s) and before the scaler can
+    # decide (window_s), so the second replica's start-up (imports, scorer build) does not compete for the cores
+    one = rate(timeline, 0.5 * window_s, min(up, window_s)) if up else float("nan")
     two = rate(timeline, up + 3.0, light) if up else float("nan")  # the same load on two
     plot(ctx.out / "reward_scaling.png", timeline, marks)
     rows = [["heavy load (8 callers): images/s on 1 replica → on 2 after the scale-up", f"{one:.0f} → {two:.0f} "
