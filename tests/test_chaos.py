@@ -75,7 +75,8 @@ def test_random_kills_lose_and_repeat_nothing(cluster, run):
     assert final["scoring_failed_groups"] == final["failed_groups"] == 0  # the other replica took every request
     assert final["learner_recoveries"] == killed["learner"] == 2
     assert training.output().count("learner: a rank died") == 2
-    assert final["sampler_restarts"] == killed["sampler"] and final["dead_samplers"] == 0
+    # a Sampler killed again while Ray is still restarting it dies once as far as the pool can see
+    assert 1 <= final["sampler_restarts"] <= killed["sampler"] and final["dead_samplers"] == 0
     assert final["reward_url_refreshes"] >= 1  # the restarted replicas were found at their new addresses
     checksums = final["learner_checksums"]
     assert len(checksums) == 2 and checksums[0] == checksums[1]  # the rebuilt ranks are in step
