@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import threading
 import time
+from collections.abc import Callable
 
 import numpy as np
 import ray
@@ -41,22 +42,24 @@ def scene_group(index: int) -> Group:
 
 
 class Load:
-    """`callers` threads, each scoring one group at a time through the GroupScorer until stopped."""
+    """`callers` threads, each scoring one group (`group_of(caller)`) at a time through the GroupScorer until
+    stopped: the groups and images scored so far, and the failures (tests/test_reward_autoscale.py uses it too)."""
 
-    def __init__(self, scorer, callers: int, images: list[int], failures: list[str]):
-        self.scorer, self.images, self.failures = scorer, images, failures
+    def __init__(self, scorer, callers: int, group_of: Callable[[int], Group]):
+        self.scorer, self.group_of, self.groups, self.images, self.failures = scorer, group_of, 0, 0, []
         self._stop = threading.Event()
         self._threads = [threading.Thread(target=self._run, args=(i,), daemon=True) for i in range(callers)]
         for thread in self._threads:
             thread.start()
 
     def _run(self, caller: int) -> None:
-        group = scene_group(caller)
+        group = self.group_of(caller)
         while not self._stop.is_set():
             [scored] = ray.get(self.scorer.score_groups.remote([group]), timeout=120)
             if scored.failure or scored.reward is None:
                 self.failures.append(str(scored.failure))
-            self.images[0] += GROUP
+            self.groups += 1
+            self.images += scored.size
 
     def stop(self) -> None:
         self._stop.set()
@@ -78,7 +81,7 @@ def measure(ctx: BenchContext) -> dict[str, dict]:
                            interval_s=0.5, drain_timeout_s=60.0)
     cfg = RewardConfig(weights={"shapes": 1.0}, replicas=1, num_cpus=0.5, max_retries=3, autoscale=auto)
     timeline: list[tuple[float, int, int]] = []  # (seconds, replicas, images scored so far)
-    images, failures, marks = [0], [], {}
+    marks, loads = {}, []
     with ray_session():
         urls, replicas = start_reward(cfg, local=True)
         scorer = ray.remote(GroupScorer).options(num_cpus=0, max_concurrency=64).remote(cfg, urls, replicas)
@@ -91,20 +94,21 @@ def measure(ctx: BenchContext) -> dict[str, dict]:
             while True:
                 n = ray.get(scaler.status.remote())["replicas"]
                 now = time.monotonic()
-                timeline.append((now - start, n, images[0]))
+                timeline.append((now - start, n, sum(load.images for load in loads)))
                 if reached is None and done(n):
                     reached = now - start
                 if reached is not None and now - start >= reached + extra_s or now - began > PHASE_TIMEOUT_S:
                     return reached
                 time.sleep(1.0)
 
-        load = Load(scorer, HEAVY, images, failures)
+        loads.append(Load(scorer, HEAVY, scene_group))
         marks["scaled_up"] = sample_until(lambda n: n == 2, hold_s)
-        load.stop()
+        loads[-1].stop()
         marks["light"] = time.monotonic() - start
-        load = Load(scorer, LIGHT, images, failures)
+        loads.append(Load(scorer, LIGHT, scene_group))
         marks["scaled_down"] = sample_until(lambda n: n == 1, 3.0)
-        load.stop()
+        loads[-1].stop()
+        failures = [f for load in loads for f in load.failures]
         status, counts = ray.get(scaler.status.remote()), ray.get(scorer.counts.remote())
         actions = ray.get(scaler.actions_since.remote(0))
         for actor in (scaler, scorer, *replicas):

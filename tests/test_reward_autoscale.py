@@ -4,7 +4,6 @@ under load and drains back down with no request lost, and the operator command a
 import os
 import subprocess
 import sys
-import threading
 import time
 
 import numpy as np
@@ -13,6 +12,7 @@ import torch
 
 from actors.group import Group
 from actors.scoring import GroupScorer
+from bench.reward_scaling import Load
 from configs.schema import AutoscaleConfig, RewardConfig
 from deploy.reward_scaling import desired_replicas, start_scaler
 from deploy.runtime import start_reward
@@ -73,30 +73,6 @@ def scaled_set(local_ray):
         ray.kill(actor)
 
 
-class Load:
-    """`streams` callers each scoring one group at a time through the GroupScorer, until stopped."""
-
-    def __init__(self, ray, scorer, streams: int):
-        self.ray, self.scorer, self.done, self.failures = ray, scorer, 0, []
-        self._stop = threading.Event()
-        self._threads = [threading.Thread(target=self._run, args=(i,), daemon=True) for i in range(streams)]
-        for thread in self._threads:
-            thread.start()
-
-    def _run(self, stream: int) -> None:
-        group = heavy_group(stream)
-        while not self._stop.is_set():
-            [scored] = self.ray.get(self.scorer.score_groups.remote([group]), timeout=120)
-            if scored.failure or scored.reward is None:
-                self.failures.append(scored.failure)
-            self.done += 1
-
-    def stop(self) -> None:
-        self._stop.set()
-        for thread in self._threads:
-            thread.join(150)
-
-
 def wait_for_replicas(ray, scaler, n: int, timeout_s: float) -> float:
     start = time.monotonic()
     while ray.get(scaler.status.remote())["replicas"] != n:
@@ -109,7 +85,7 @@ def wait_for_replicas(ray, scaler, n: int, timeout_s: float) -> float:
 @pytest.mark.slow
 def test_replicas_scale_up_under_load_and_drain_down_after(scaled_set):
     ray, scorer, scaler = scaled_set
-    heavy = Load(ray, scorer, streams=8)  # up to 8 requests in flight on 1 replica, target 1 per replica
+    heavy = Load(scorer, 8, heavy_group)  # up to 8 requests in flight on 1 replica, target 1 per replica
     try:
         wait_for_replicas(ray, scaler, 2, timeout_s=90)
         assert len(ray.get(scorer.load.remote())) == 2  # the client sends to both
@@ -117,7 +93,7 @@ def test_replicas_scale_up_under_load_and_drain_down_after(scaled_set):
         shares = ray.get(scorer.counts.remote())
     finally:
         heavy.stop()
-    light = Load(ray, scorer, streams=1)  # ≤ 0.5 per replica < 1 × 0.5: the newest drains while requests run
+    light = Load(scorer, 1, heavy_group)  # ≤ 0.5 per replica < 1 × 0.5: the newest drains while requests run
     try:
         wait_for_replicas(ray, scaler, 1, timeout_s=90)
         time.sleep(1)  # requests go on on the one left
@@ -126,7 +102,7 @@ def test_replicas_scale_up_under_load_and_drain_down_after(scaled_set):
     status = ray.get(scaler.status.remote())
     assert status["reward_scale_ups"] == 1 and status["reward_scale_downs"] == 1
     assert status["reward_drain_timeouts"] == 0 and status["reward_scale_errors"] == 0
-    assert heavy.done > 0 and light.done > 0 and not heavy.failures and not light.failures
+    assert heavy.groups > 0 and light.groups > 0 and not heavy.failures and not light.failures
     counts = ray.get(scorer.counts.remote())
     assert counts["scoring_failed_groups"] == 0 and counts["reward_request_failures"] == 0, (shares, counts)
     assert counts["reward_retries"] == 0  # no request was cut off by the removal and sent again
