@@ -1,5 +1,5 @@
-"""`python -m bench.algorithms [--nft-runs DIR] [--grpo-runs DIR] [--seeds 0,1,2] [--updates N] [--report-only]`:
-NFT against Flow-GRPO on the embedded default's world, side by side.
+"""`python -m bench.algorithms [--nft-runs DIR | --nft-results JSON] [--grpo-runs DIR] [--seeds 0,1,2] [--updates N]
+[--report-only]`: NFT against Flow-GRPO on the embedded default's world, side by side.
 
 Each algorithm runs as `make reproduce` runs `make run` (bench/reproduce.py: one `deploy.train` process per seed,
 `run.seed` = `prompts.seed` = seed): NFT with configs/tiny_cpu.yaml, Flow-GRPO with configs/tiny_cpu_grpo.yaml (the
@@ -7,7 +7,9 @@ same world, reward, batch, optimizer, schedule and evaluation; the collection an
 --report-only the runs already in the two folders are compared. Writes, under --out (default bench/algorithms/):
 results.json, results.md and algorithms.png: in-distribution strict against images sampled and against training
 wall-clock, mean over seeds with the seeds' range as a band; and how many images (and seconds) NFT needs to reach
-Flow-GRPO's final mean score.
+Flow-GRPO's final mean score. With --nft-results, NFT's curves are read from a `make reproduce` results.json (the
+same runs of configs/tiny_cpu.yaml, bench/reproduce/results.json by default when given without a value) instead of
+being trained again.
 """
 
 from __future__ import annotations
@@ -27,9 +29,21 @@ CONFIGS = {"NFT": "configs/tiny_cpu.yaml", "Flow-GRPO": "configs/tiny_cpu_grpo.y
 SET, KEY = "in-distribution", "shapes_strict"
 
 
-def mean_curve(runs: dict[int, list[dict]]) -> dict[str, list[float]]:
+def reproduced_curves(path: Path, seeds: list[int]) -> dict[int, list[dict]]:
+    """Per seed, the in-distribution curve of a `make reproduce` results.json (bench/reproduce.py's `curve` points)."""
+    data = json.loads(path.read_text())
+    if data.get("key") != KEY:
+        raise ValueError(f"{path} reports {data.get('key')!r}, not {KEY!r}: rerun `make reproduce` or pass --nft-runs")
+    missing = [s for s in seeds if str(s) not in data["seeds"]]
+    if missing:
+        raise ValueError(f"{path} has no run of seed(s) {missing} (it has {sorted(data['seeds'])}): pass --seeds "
+                         "with those it has, or run them with `make reproduce`")
+    return {s: data["seeds"][str(s)][SET]["curve"] for s in seeds}
+
+
+def mean_curve(curves_by_seed: dict[int, list[dict]]) -> dict[str, list[float]]:
     """Evaluation points common to every seed: step, images and training seconds (means), score mean/min/max."""
-    curves = [curve(records, SET, KEY) for records in runs.values()]
+    curves = list(curves_by_seed.values())
     length = min(len(c) for c in curves)
     scores = np.array([[p["score"] for p in c[:length]] for c in curves])  # (seeds, points)
     return {"step": [p["step"] for p in curves[0][:length]],
@@ -109,21 +123,29 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seeds", default="0,1,2")
     parser.add_argument("--updates", type=int, default=140, help="run.num_updates of every run")
     parser.add_argument("--nft-runs", default="runs/algorithms_nft", help="run directories of NFT (<config>_seed<N>)")
+    parser.add_argument("--nft-results", nargs="?", const="bench/reproduce/results.json", default=None,
+                        help="take NFT's curves from this `make reproduce` results.json instead of training NFT")
     parser.add_argument("--grpo-runs", default="runs/algorithms_grpo", help="run directories of Flow-GRPO")
     parser.add_argument("--out", default="bench/algorithms")
     parser.add_argument("--report-only", action="store_true", help="compare the runs already there, train nothing")
     args = parser.parse_args(argv)
     seeds = [int(s) for s in args.seeds.split(",")]
     folders = {"NFT": Path(args.nft_runs), "Flow-GRPO": Path(args.grpo_runs)}
-    for name, config in CONFIGS.items() if not args.report_only else []:
+    train = {} if args.report_only else {n: c for n, c in CONFIGS.items() if not (n == "NFT" and args.nft_results)}
+    for name, config in train.items():
         subprocess.run([sys.executable, "-m", "bench.reproduce", "--config", config, "--seeds", args.seeds,
                         "--runs", str(folders[name]), "--out", str(folders[name]), "--stock-steps", "0",
                         f"run.num_updates={args.updates}"], check=True)
     runs = {name: {seed: read_records(folders[name] / f"{Path(config).stem}_seed{seed}") for seed in seeds}
-            for name, config in CONFIGS.items()}
-    curves = {name: mean_curve(by_seed) for name, by_seed in runs.items()}
+            for name, config in CONFIGS.items() if not (name == "NFT" and args.nft_results)}
+    per_seed = {name: {seed: curve(records, SET, KEY) for seed, records in by_seed.items()}
+                for name, by_seed in runs.items()}
     updates = {name: next(r for r in by_seed[seeds[0]] if r["kind"] == "final")["step"]
                for name, by_seed in runs.items()}
+    if args.nft_results:
+        per_seed = {"NFT": reproduced_curves(Path(args.nft_results), seeds), **per_seed}
+        updates = {"NFT": per_seed["NFT"][seeds[0]][-1]["step"], **updates}
+    curves = {name: mean_curve(by_seed) for name, by_seed in per_seed.items()}
     commands = {name: f"python -m deploy.train {CONFIGS[name]} run.seed=S prompts.seed=S run.num_updates={n}"
                 for name, n in updates.items()}
     result = compare(curves)

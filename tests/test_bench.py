@@ -67,3 +67,20 @@ def test_algorithms_compare_interpolates_where_nft_reaches_grpos_final_score():
     assert first_reach(nft, "images", 0.3) == 0  # already there at the start
     result = compare({"NFT": nft, "Flow-GRPO": grpo})
     assert result["target"] == 0.5 and result["ratio_images"] == 4.0 and result["ratio_train_s"] == 8.0
+
+
+def test_algorithms_reads_nft_curves_from_a_reproduce_results_file(tmp_path):
+    from bench.algorithms import mean_curve, reproduced_curves
+
+    points = [{"step": s, "images": 64 * s, "train_s": 3.0 * s, "score": 0.4 + s / 100, "interval": 0.03}
+              for s in (0, 35)]
+    shifted = [{**p, "score": p["score"] + 0.1} for p in points]
+    path = tmp_path / "results.json"
+    path.write_text(json.dumps({"key": "shapes_strict", "seeds": {
+        "0": {"in-distribution": {"curve": points}}, "1": {"in-distribution": {"curve": shifted}}}}))
+    curves = reproduced_curves(path, [0, 1])
+    assert curves == {0: points, 1: shifted}
+    c = mean_curve(curves)
+    assert c["step"] == [0, 35] and c["min"] == [0.4, 0.75] and abs(c["max"][1] - 0.85) < 1e-12
+    with pytest.raises(ValueError, match=r"no run of seed\(s\) \[2\]"):
+        reproduced_curves(path, [0, 2])
