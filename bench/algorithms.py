@@ -67,9 +67,12 @@ def first_reach(c: dict, axis: str, score: float) -> float | None:
 def compare(curves: dict[str, dict]) -> dict:
     nft, grpo = curves["NFT"], curves["Flow-GRPO"]
     target = grpo["mean"][-1]
-    out = {"target": target, "grpo_images": grpo["images"][-1], "grpo_train_s": grpo["train_s"][-1]}
+    out = {"target": target, "grpo_start": grpo["mean"][0], "grpo_images": grpo["images"][-1],
+           "grpo_train_s": grpo["train_s"][-1], "grpo_improved": target > grpo["mean"][0],
+           "nft_final": nft["mean"][-1], "nft_final_images": nft["images"][-1]}
     for axis in ("images", "train_s"):
-        reached = first_reach(nft, axis, target)
+        # a ratio only means something when Flow-GRPO ended above where both started
+        reached = first_reach(nft, axis, target) if out["grpo_improved"] else None
         out[f"nft_{axis}"] = reached
         out[f"ratio_{axis}"] = out[f"grpo_{axis}"] / reached if reached else None
     return out
@@ -109,13 +112,55 @@ def markdown(curves: dict[str, dict], result: dict, commands: dict[str, str]) ->
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     lines += ["", f"Flow-GRPO's final mean score is {result['target']:.3f}, after {result['grpo_images']:.0f} images "
               f"and {result['grpo_train_s']:.0f} s of training."]
-    if result["nft_images"] is not None:
+    if not result["grpo_improved"]:
+        lines.append(f"It is not above its start ({result['grpo_start']:.3f}), so there is no ratio to report: "
+                     f"Flow-GRPO did not improve the policy in these runs, while NFT's mean went to "
+                     f"{result['nft_final']:.3f} after {result['nft_final_images']:.0f} images.")
+    elif result["nft_images"] is not None:
         lines.append(f"NFT's mean curve reaches it after {result['nft_images']:.0f} images "
                      f"({result['ratio_images']:.1f}× fewer) and {result['nft_train_s']:.0f} s "
                      f"({result['ratio_train_s']:.1f}× less training wall-clock), interpolated between evaluations.")
     else:
         lines.append("NFT's mean curve does not reach it in these runs.")
     return "\n".join(lines) + "\n\n![NFT against Flow-GRPO](algorithms.png)\n"
+
+
+def rows(result: dict, curves: dict[str, dict]) -> list[tuple[str, str]]:
+    """The `make bench` section's table: each algorithm's curve ends and the ratio (or why there is none)."""
+    table = [(f"{name}: {SET} {KEY} at updates {', '.join(map(str, c['step']))} (mean [seed range])",
+              " → ".join(f"{m:.3f} [{lo:.3f}–{hi:.3f}]" for m, lo, hi in zip(c["mean"], c["min"], c["max"],
+                                                                            strict=True)))
+             for name, c in curves.items()]
+    for name, c in curves.items():
+        table.append((f"{name}: images sampled / training seconds to the last evaluation",
+                      f"{c['images'][-1]:.0f} / {c['train_s'][-1]:.0f} s"))
+    if not result["grpo_improved"]:
+        table.append(("images NFT needs to reach Flow-GRPO's final score", "no ratio: Flow-GRPO ended at or below "
+                      f"its start ({result['target']:.3f} vs {result['grpo_start']:.3f})"))
+    elif result["nft_images"] is None:
+        table.append(("images NFT needs to reach Flow-GRPO's final score", "not reached in these runs"))
+    else:
+        table.append(("Flow-GRPO images / NFT images to Flow-GRPO's final score", f"{result['ratio_images']:.1f}×"))
+        table.append(("Flow-GRPO / NFT training seconds to it", f"{result['ratio_train_s']:.1f}×"))
+    return table
+
+
+def measure(ctx) -> dict[str, dict]:
+    """`make bench ARGS="--only algorithms"` (opt-in: about an hour): Flow-GRPO's 3 seeds trained again, NFT's taken
+    from bench/reproduce/results.json. --quick trains both for 2 updates on one seed in the bench's scratch folder."""
+    if ctx.quick:
+        out = ctx.scratch / "algorithms"
+        argv = ["--seeds", "0", "--updates", "2", "--nft-runs", str(out / "nft"), "--grpo-runs", str(out / "grpo")]
+    else:
+        out = ctx.out / "algorithms"
+        argv = ["--nft-results", "--grpo-runs", "runs/algorithms_grpo"]
+    main([*argv, "--out", str(out)])
+    data = json.loads((out / "results.json").read_text())
+    return {"algorithms": {
+        "what": (f"NFT (configs/tiny_cpu.yaml) against Flow-GRPO (configs/tiny_cpu_grpo.yaml), the same world, reward,"
+                 f" batch and evaluation; seeds {data['seeds']}. Written by `python -m bench.algorithms` "
+                 f"({out / 'results.md'}, {out / 'algorithms.png'})."),
+        "rows": rows(data["comparison"], data["curves"]), "targets": []}}
 
 
 def main(argv: list[str] | None = None) -> int:

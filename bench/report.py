@@ -6,11 +6,12 @@ from pathlib import Path
 
 from bench.paired import Spread
 
-ORDER = ("overlap", "broadcast", "reward", "reward_scaling", "learner", "buffer", "learning")
+ORDER = ("overlap", "broadcast", "reward", "reward_scaling", "learner", "buffer", "learning", "algorithms")
 TITLES = {"overlap": "Overlap (end-to-end images trained per second)", "broadcast": "Weight broadcast (θ_old)",
           "reward": "Reward path (HTTP vs in-process)",
           "reward_scaling": "Reward replicas that follow the load", "learner": "Learner step (NFT vs flow matching)",
-          "buffer": "Buffer memory per sample", "learning": "Learning speed (in-distribution shapes strict score)"}
+          "buffer": "Buffer memory per sample", "learning": "Learning speed (in-distribution shapes strict score)",
+          "algorithms": "NFT against Flow-GRPO (in-distribution shapes strict score, 3 seeds each)"}
 
 
 # Per target: what on a 2-core CPU machine keeps it out of reach, and the figure a GPU node has to show to meet it.

@@ -22,7 +22,7 @@ import psutil
 import ray
 import torch
 
-from bench import broadcast, buffer_memory, learner_step, reward_path, reward_scaling, schedules
+from bench import algorithms, broadcast, buffer_memory, learner_step, reward_path, reward_scaling, schedules
 from bench.context import COMMITTED_POLICY, BenchContext
 from bench.report import write_markdown
 
@@ -35,7 +35,9 @@ MEASUREMENTS: dict[str, Callable[[BenchContext], dict[str, dict]]] = {
     "reward": reward_path.measure,
     "reward_scaling": reward_scaling.measure,
     "schedules": schedules.measure,
+    "algorithms": algorithms.measure,
 }
+OPT_IN = {"algorithms"}  # about an hour of training: run only when named with --only
 ALIASES = {"overlap": "schedules", "learning": "schedules"}
 
 
@@ -79,7 +81,8 @@ def choose_policy(given: str | None, scratch: Path) -> tuple[str, str]:
 def parse(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--only", default="", help=f"comma-separated subset of {', '.join(MEASUREMENTS)} "
-                                                   "(overlap and learning name schedules)")
+                                                   "(overlap and learning name schedules; algorithms, about an hour, "
+                                                   "runs only when named)")
     parser.add_argument("--quick", action="store_true", help="smoke size: seconds each, figures meaningless")
     parser.add_argument("--out", default="bench", help="folder for results.json, results.md, learning_speed.png")
     parser.add_argument("--policy", help="tiny policy directory (default: configs/policies/tiny_shapes)")
@@ -91,7 +94,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--learning-eval-every", type=int, default=6, help="held-out evaluation interval")
     args = parser.parse_args(argv)
     names = [ALIASES.get(n.strip(), n.strip()) for n in args.only.split(",") if n.strip()]
-    args.names = list(dict.fromkeys(names)) or list(MEASUREMENTS)
+    args.names = list(dict.fromkeys(names)) or [n for n in MEASUREMENTS if n not in OPT_IN]
     unknown = sorted(set(args.names) - set(MEASUREMENTS))
     if unknown:
         parser.error(f"unknown measurement(s) {unknown}; choose from {', '.join(MEASUREMENTS)}")

@@ -67,6 +67,8 @@ def test_algorithms_compare_interpolates_where_nft_reaches_grpos_final_score():
     assert first_reach(nft, "images", 0.3) == 0  # already there at the start
     result = compare({"NFT": nft, "Flow-GRPO": grpo})
     assert result["target"] == 0.5 and result["ratio_images"] == 4.0 and result["ratio_train_s"] == 8.0
+    flat = compare({"NFT": nft, "Flow-GRPO": {**grpo, "mean": [0.4, 0.45, 0.38]}})
+    assert not flat["grpo_improved"] and flat["ratio_images"] is None and flat["nft_final"] == 0.7
 
 
 def test_algorithms_reads_nft_curves_from_a_reproduce_results_file(tmp_path):
@@ -84,3 +86,20 @@ def test_algorithms_reads_nft_curves_from_a_reproduce_results_file(tmp_path):
     assert c["step"] == [0, 35] and c["min"] == [0.4, 0.75] and abs(c["max"][1] - 0.85) < 1e-12
     with pytest.raises(ValueError, match=r"no run of seed\(s\) \[2\]"):
         reproduced_curves(path, [0, 2])
+
+
+def test_algorithms_section_is_opt_in_and_its_rows_say_why_there_is_no_ratio():
+    from bench.algorithms import compare, rows
+    from bench.run import parse
+
+    assert "algorithms" not in parse([]).names and parse(["--only", "algorithms"]).names == ["algorithms"]
+    nft = {"step": [0, 35], "images": [0, 2240], "train_s": [0, 200], "mean": [0.4, 0.6], "min": [0.4, 0.55],
+           "max": [0.4, 0.65]}
+    grpo = {**nft, "mean": [0.4, 0.39], "min": [0.4, 0.37], "max": [0.4, 0.41]}
+    table = dict(rows(compare({"NFT": nft, "Flow-GRPO": grpo}), {"NFT": nft, "Flow-GRPO": grpo}))
+    assert table["images NFT needs to reach Flow-GRPO's final score"].startswith("no ratio")
+    assert "0.400 [0.400–0.400] → 0.600 [0.550–0.650]" in table[
+        "NFT: in-distribution shapes_strict at updates 0, 35 (mean [seed range])"]
+    better = {**grpo, "mean": [0.4, 0.5]}
+    table = dict(rows(compare({"NFT": nft, "Flow-GRPO": better}), {"NFT": nft, "Flow-GRPO": better}))
+    assert table["Flow-GRPO images / NFT images to Flow-GRPO's final score"] == "2.0×"
