@@ -37,7 +37,7 @@ MEASUREMENTS: dict[str, Callable[[BenchContext], dict[str, dict]]] = {
     "schedules": schedules.measure,
     "algorithms": algorithms.measure,
 }
-OPT_IN = {"algorithms"}  # about an hour of training: run only when named with --only
+OPT_IN = {"algorithms"}  # about 45 min of training: run only when named with --only
 ALIASES = {"overlap": "schedules", "learning": "schedules"}
 
 
@@ -81,7 +81,7 @@ def choose_policy(given: str | None, scratch: Path) -> tuple[str, str]:
 def parse(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--only", default="", help=f"comma-separated subset of {', '.join(MEASUREMENTS)} "
-                                                   "(overlap and learning name schedules; algorithms, about an hour, "
+                                                   "(overlap and learning name schedules; algorithms, about 45 min, "
                                                    "runs only when named)")
     parser.add_argument("--quick", action="store_true", help="smoke size: seconds each, figures meaningless")
     parser.add_argument("--out", default="bench", help="folder for results.json, results.md, learning_speed.png")
