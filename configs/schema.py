@@ -264,10 +264,6 @@ class Config(Section):
         if self.algorithm == "flow_grpo" and self.sampler.num_steps < 2:
             raise ValueError(f"algorithm flow_grpo needs sampler.num_steps >= 2 (got {self.sampler.num_steps}): its "
                              "SDE's first step takes σ_max, the schedule's second noise level")
-        if self.algorithm == "flow_grpo" and self.learner.old_policy.cap != 0:
-            raise ValueError(
-                f"algorithm flow_grpo samples with the current θ, so θ_old must copy θ after every update: set "
-                f"learner.old_policy.cap=0 (got {self.learner.old_policy.cap})")
         fraction, name = ((self.flow_grpo.timestep_fraction, "flow_grpo.timestep_fraction") if self.algorithm ==
                           "flow_grpo" else (self.learner.timestep_fraction, "learner.timestep_fraction"))
         if int(self.sampler.num_steps * fraction) == 0:

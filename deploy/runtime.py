@@ -81,6 +81,9 @@ def build(cfg: Config, started: list, resume: Path | None = None) -> Runtime:
     bar = tqdm(total=cfg.run.num_updates, disable=not cfg.run.progress, dynamic_ncols=True,
                desc="Flow-GRPO" if grpo else "NFT")
     # The Samplers load the model while the reward servers and the learner ranks start: waited for last.
+    if grpo and cfg.learner.old_policy.cap != 0:
+        bar.write(f"algorithm flow_grpo samples on-policy: θ_old copies θ after every update, so "
+                  f"learner.old_policy (NFT's schedule, cap {cfg.learner.old_policy.cap}) is not used")
     pool = SamplerPool(cfg.policy, cfg.sampler, max_inflight=cfg.schedule.max_inflight,
                        noise_level=cfg.flow_grpo.noise_level if grpo else None, log=bar.write, wait=False)
     started.append(pool.shutdown)

@@ -240,8 +240,9 @@ class Learner:
         data = self._shard(batch)
         chunks = torch.arange(len(data["x0"])).chunk(self.cfg.gradient_steps_per_update)
         steps = [self._optimizer_step({k: v[c] for k, v in data.items()}) for c in chunks]
-        schedule = self.cfg.old_policy
-        decay = old_policy_decay(self.step, flat=schedule.flat, uprate=schedule.uprate, cap=schedule.cap)
+        schedule = self.cfg.old_policy  # NFT's; Flow-GRPO samples on-policy: θ_old copies θ after every update
+        decay = 0.0 if self.flow_grpo is not None else old_policy_decay(self.step, flat=schedule.flat,
+                                                                         uprate=schedule.uprate, cap=schedule.cap)
         ema = eval_ema_decay(self.step, self.cfg.eval_ema_decay)
         with torch.no_grad():
             for key, old in self.old.items():

@@ -12,7 +12,7 @@ from configs.load import load_config
 from configs.schema import FlowGrpoConfig, LearnerConfig, LoraConfig, PolicyConfig, SamplerConfig
 from learner.learner import Learner
 
-GRPO = ["algorithm=flow_grpo", "learner.old_policy.cap=0"]
+GRPO = ["algorithm=flow_grpo"]  # make run's recipe with Flow-GRPO, as docs/configuration.md says
 
 
 @pytest.fixture(scope="module")
@@ -23,6 +23,17 @@ def policy_cfg(tiny_pipeline):
 def groups(n: int = 2) -> list[PromptGroup]:
     circle = {"tag": "single_object", "include": [{"class": "circle", "count": 1}]}
     return [PromptGroup(i, "a photo of a circle", circle, (10 * i, 10 * i + 1, 10 * i + 2)) for i in range(n)]
+
+
+def learner_data(sampled) -> dict[str, torch.Tensor]:
+    """Two sampled groups of 3 as a rank's shard: trajectories, log-probs, conditioning, advantages."""
+    parts = [g.for_learner() for g in sampled]
+    return {"latents": torch.cat([p.latents for p in parts]), "log_probs": torch.cat([p.log_probs for p in parts]),
+            "x0": torch.cat([p.x0 for p in parts]), "version": torch.zeros(6, dtype=torch.long),
+            "timesteps": torch.stack([p.timesteps for p in parts for _ in range(3)]),
+            "embeds": torch.stack([p.embeds for p in parts for _ in range(3)]),
+            "pooled": torch.stack([p.pooled for p in parts for _ in range(3)]),
+            "advantages": torch.tensor([1.0, -1.0, 0.5, -0.5, 2.0, -2.0])}
 
 
 def test_learner_recomputes_the_samplers_log_probs(policy_cfg):
@@ -38,12 +49,7 @@ def test_learner_recomputes_the_samplers_log_probs(policy_cfg):
     again = sampler.sample(groups())  # the SDE's noise is seeded: a rerun draws the same trajectories
     torch.testing.assert_close(again[1].latents, sampled[1].latents)
 
-    parts = [g.for_learner() for g in sampled]
-    data = {"latents": torch.cat([p.latents for p in parts]), "log_probs": torch.cat([p.log_probs for p in parts]),
-            "timesteps": torch.stack([p.timesteps for p in parts for _ in range(3)]),
-            "embeds": torch.stack([p.embeds for p in parts for _ in range(3)]),
-            "pooled": torch.stack([p.pooled for p in parts for _ in range(3)]),
-            "advantages": torch.tensor([1.0, -1.0, 0.5, -0.5, 2.0, -2.0])}
+    data = learner_data(sampled)
     for step in range(5):
         _, metrics = learner._grpo_loss(data, torch.full((6,), step))
         assert abs(metrics["ratio"].item() - 1) < 1e-4, (step, metrics["ratio"].item())
@@ -55,11 +61,22 @@ def test_learner_recomputes_the_samplers_log_probs(policy_cfg):
     assert moved["clip_fraction"].item() > 0  # some ratios left [1 − 1e-4, 1 + 1e-4]: the clip acts
 
 
-def test_flow_grpo_needs_theta_old_to_copy_theta(tiny_pipeline):
-    from configs.load import ConfigError
-
-    with pytest.raises(ConfigError, match="learner.old_policy.cap=0"):
-        load_config("configs/tiny_cpu.yaml", [f"policy.pretrained={tiny_pipeline}", "algorithm=flow_grpo"])
+def test_flow_grpo_copies_theta_into_theta_old_whatever_nfts_schedule_says(policy_cfg, tiny_pipeline):
+    cfg = load_config("configs/tiny_cpu.yaml", [f"policy.pretrained={tiny_pipeline}", "algorithm=flow_grpo"])
+    assert cfg.learner.old_policy.cap == 0.5  # make run's NFT schedule, left as it is
+    learner = Learner(policy_cfg, LearnerConfig(micro_batch_size=6, old_policy=cfg.learner.old_policy), seed=0,
+                      flow_grpo=FlowGrpoConfig())
+    sampler = Sampler(policy_cfg, SamplerConfig(num_steps=5), noise_level=0.7, device="cpu")
+    sampler.load_weights(learner.publish("old")[0], 0)
+    data = learner_data(sampler.sample(groups()))
+    learner.step = 1000  # where NFT's schedule would keep half of the previous θ_old
+    learner._shard = lambda batch: data  # the batch's tensors, as a rank would fetch them from the object store
+    before = {key: old.clone() for key, old in learner.old.items()}
+    result = learner.update(None)
+    assert result["old_decay"] == 0.0 and result["optimizer_step"] == 1001
+    assert any(not torch.equal(before[key], old) for key, old in learner.old.items())  # θ moved, θ_old with it
+    for key, old in learner.old.items():
+        torch.testing.assert_close(old, learner.theta[key].detach(), rtol=0, atol=0)
 
 
 @pytest.mark.slow
