@@ -81,20 +81,31 @@ def test_flow_grpo_copies_theta_into_theta_old_whatever_nfts_schedule_says(polic
 
 @pytest.mark.slow
 def test_flow_grpo_run(local_ray, tiny_pipeline, tmp_path):
+    """`deploy.train configs/tiny_cpu.yaml algorithm=flow_grpo`, shrunk, on a real local Ray: 2 Samplers, 2 learner
+    ranks, a reward replica. Twice: the synchronous schedule gives the same losses and the same final θ."""
     from deploy.train import train
 
-    cfg = load_config("configs/tiny_cpu.yaml", [
-        f"policy.pretrained={tiny_pipeline}", f"run.output_dir={tmp_path}", "run.name=grpo", *GRPO,
-        "prompts.group_size=4", "schedule.groups_per_update=2", "learner.micro_batch_size=4", "sampler.num_steps=4",
-        "sampler.num_actors=1", "sampler.groups_per_call=1", "prompts.test=null",
-        "eval.in_distribution_images_per_prompt=0", "run.grid_every=0", "run.progress=false", "run.num_updates=3",
-        "run.checkpoint_every=0", "policy.lora.rank=4", "policy.lora.alpha=8"])
-    train(cfg)
-    records = [json.loads(line) for line in (tmp_path / "grpo" / "metrics.jsonl").read_text().splitlines()]
+    def run(name: str) -> list[dict]:
+        train(load_config("configs/tiny_cpu.yaml", [
+            f"policy.pretrained={tiny_pipeline}", f"run.output_dir={tmp_path}", f"run.name={name}", *GRPO,
+            "prompts.group_size=4", "schedule.groups_per_update=2", "learner.micro_batch_size=2",
+            "sampler.num_steps=4", "sampler.num_actors=2", "sampler.groups_per_call=1", "learner.num_ranks=2",
+            "learner.num_threads=1", "prompts.test=null", "eval.in_distribution_images_per_prompt=0",
+            "run.grid_every=0", "run.progress=false", "run.num_updates=3", "run.checkpoint_every=0",
+            "policy.lora.rank=4", "policy.lora.alpha=8"]))
+        return [json.loads(line) for line in (tmp_path / name / "metrics.jsonl").read_text().splitlines()]
+
+    records = run("grpo")
     updates = [r for r in records if r["kind"] == "update"]
     assert len(updates) == 3
-    for record in updates:  # one optimizer step per update: every pass sees θ = θ_old, which drew the data
-        assert abs(record["ratio"] - 1) < 1e-4 and record["clip_fraction"] == 0.0
+    for record in updates:  # θ_old = θ drew the data: the ratio moves only in an update's second optimizer step
+        assert abs(record["ratio"] - 1) < 1e-4 and record["optimizer_step"] == 2 * record["step"]
         assert record["old_decay"] == 0.0 and "positive_loss" not in record
     final = next(r for r in records if r["kind"] == "final")
     assert final["failed_groups"] == 0 and final["verified_broadcasts"] >= 3
+    assert len(final["learner_checksums"]) == 2 and len(set(final["learner_checksums"])) == 1  # DDP kept ranks equal
+
+    again = run("grpo_again")
+    assert [(r["loss"], r["policy_loss"], r["grad_norm"]) for r in updates] == [
+        (r["loss"], r["policy_loss"], r["grad_norm"]) for r in again if r["kind"] == "update"]
+    assert next(r for r in again if r["kind"] == "final")["learner_checksums"] == final["learner_checksums"]
