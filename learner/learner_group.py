@@ -8,8 +8,10 @@ Recovery (`learner.max_recoveries` > 0): every update also leaves each rank's st
 (one task, so a result that arrived has its state). When a rank dies during an update, `update` kills the group,
 starts it afresh, loads that state and runs the update again on the same batch: the run continues as if nothing had
 happened (tests/test_checkpoint.py compares it with an uninterrupted run). A rank 0 found dead when weights are
-published is replaced the same way; one dying while a checkpoint is written still ends the run. The state lives on
-the learner's node: if the node itself is lost, the run stops and says to resume from the last checkpoint.
+published is replaced the same way; one dying while a checkpoint is written still ends the run. A rank whose update
+fails because a peer died under it (gloo: "Connection reset by peer") counts as that death, not as its own error.
+The state lives on the learner's node: if the node itself is lost, the run stops and says to resume from the last
+checkpoint.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import ray
-from ray.exceptions import ObjectLostError, RayActorError
+from ray.exceptions import GetTimeoutError, ObjectLostError, RayActorError, RayTaskError
 from ray.util.placement_group import placement_group, remove_placement_group
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
@@ -105,9 +107,27 @@ class LearnerGroup:
                     ray.get(ref)
                 except RayActorError as error:
                     return error
+                except RayTaskError:  # a rank failed: when a peer died under it, that death is what happened
+                    if (died := LearnerGroup._peer_death([r for r in refs if r != ref])) is None:
+                        raise
+                    return died
             if pending and pump:
                 pump()
         return None
+
+    @staticmethod
+    def _peer_death(refs: list[ray.ObjectRef], timeout_s: float = 60.0) -> RayActorError | None:
+        """The death among the other ranks' tasks, waited for up to `timeout_s` (Ray notices a killed process within
+        seconds; its peers' collective ops may fail first). None if they all answered or failed otherwise."""
+        died = None
+        for ref in refs:
+            try:
+                ray.get(ref, timeout=timeout_s)
+            except RayActorError as error:
+                died = died or error
+            except (RayTaskError, GetTimeoutError):
+                continue
+        return died
 
     def _recover(self, error: RayActorError) -> None:
         limit = self.cfg.max_recoveries
