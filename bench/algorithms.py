@@ -190,13 +190,14 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     seeds = [int(s) for s in args.seeds.split(",")]
     folders = {"NFT": Path(args.nft_runs), "Flow-GRPO": Path(args.grpo_runs)}
-    train = {} if args.report_only else {n: c for n, c in CONFIGS.items() if not (n == "NFT" and args.nft_results)}
-    for name, config in train.items():
+    # the algorithms whose runs are here: all, or only Flow-GRPO when NFT's curves come from --nft-results
+    here = {name: config for name, config in CONFIGS.items() if not (name == "NFT" and args.nft_results)}
+    for name, config in {} if args.report_only else here.items():
         subprocess.run([sys.executable, "-m", "bench.reproduce", "--config", config, "--seeds", args.seeds,
                         "--runs", str(folders[name]), "--out", str(folders[name]), "--stock-steps", "0",
                         f"run.num_updates={args.updates}"], check=True)
     runs = {name: {seed: read_records(folders[name] / f"{Path(config).stem}_seed{seed}") for seed in seeds}
-            for name, config in CONFIGS.items() if not (name == "NFT" and args.nft_results)}
+            for name, config in here.items()}
     per_seed = {name: {seed: curve(records, SET, KEY) for seed, records in by_seed.items()}
                 for name, by_seed in runs.items()}
     updates = {name: next(r for r in by_seed[seeds[0]] if r["kind"] == "final")["step"]

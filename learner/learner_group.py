@@ -16,6 +16,7 @@ checkpoint.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 
 import ray
@@ -119,15 +120,15 @@ class LearnerGroup:
     def _peer_death(refs: list[ray.ObjectRef], timeout_s: float = 60.0) -> RayActorError | None:
         """The death among the other ranks' tasks, waited for up to `timeout_s` (Ray notices a killed process within
         seconds; its peers' collective ops may fail first). None if they all answered or failed otherwise."""
-        died = None
+        deadline = time.monotonic() + timeout_s
         for ref in refs:
             try:
-                ray.get(ref, timeout=timeout_s)
+                ray.get(ref, timeout=max(0.0, deadline - time.monotonic()))
             except RayActorError as error:
-                died = died or error
+                return error
             except (RayTaskError, GetTimeoutError):
                 continue
-        return died
+        return None
 
     def _recover(self, error: RayActorError) -> None:
         limit = self.cfg.max_recoveries
