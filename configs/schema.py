@@ -185,6 +185,9 @@ class ScheduleConfig(Section):
     max_inflight: int = Field(2, ge=1, description="sample calls in flight per Sampler actor")
     max_policy_lag: int = Field(1, ge=0, description="drop samples older than this many policy versions")
     buffer_capacity: int = Field(256, ge=1, description="scored groups the Buffer holds at most")
+    skip_uniform_groups: bool = Field(
+        False, description="drop a group whose K images all got the same reward (every advantage 0, so it only pulls "
+        "θ toward θ_old) and sample another in its place; the skipped images still count as sampled")
 
 
 class EvalConfig(Section):

@@ -31,6 +31,8 @@ class Collector:
         self.sampled_images = 0
         self.failure_streak = 0  # groups failed in a row: a reward side that is down must not hang the run
         self.max_failure_streak = 2 * schedule.groups_per_update
+        self.uniform_streak = 0  # groups skipped in a row as uniform: a reward that cannot rank images must not hang it
+        self.max_uniform_streak = 8 * schedule.groups_per_update
 
     def score(self, sampled: ray.ObjectRef) -> tuple[ray.ObjectRef, ray.ObjectRef, ray.ObjectRef]:
         """sample → score: a sample call's output ref goes straight to the GroupScorer; back come the refs of the
@@ -46,16 +48,25 @@ class Collector:
 
     def pump(self, update_running: bool = True, timeout_s: float = 0.05) -> None:
         """Top the pool up within admission control, then move finished calls into the buffer."""
-        while self.pool.free_slots() and self.allowed_groups(update_running) >= self.per_call:
-            self.pool.submit([self.prompts.next_group() for _ in range(self.per_call)], self.score)
+        # a call may carry fewer than groups_per_call groups: after a dropped group (failed or uniform) the batch
+        # may lack fewer than that, and waiting for room for a whole call would wait forever
+        while self.pool.free_slots() and (room := min(self.per_call, self.allowed_groups(update_running))) > 0:
+            self.pool.submit([self.prompts.next_group() for _ in range(room)], self.score)
         for scored in self.pool.poll(timeout_s):
             for slot, summary in enumerate(scored.summaries):
                 self.sampled_images += summary.size
                 kept = self.buffer.add(summary, scored.training_ref, slot, scored.previews_ref)
-                self.failure_streak = 0 if kept else self.failure_streak + 1
+                failed = summary.failure is not None
+                self.failure_streak = self.failure_streak + 1 if failed else 0
+                self.uniform_streak = 0 if kept or failed else self.uniform_streak + 1
         if self.failure_streak >= self.max_failure_streak:
             raise RuntimeError(f"{self.failure_streak} groups in a row failed scoring; last failure: "
                                f"{self.buffer.counts.failures[-1]}. Check the reward servers (reward.urls/replicas)")
+        if self.uniform_streak >= self.max_uniform_streak:
+            raise RuntimeError(f"{self.uniform_streak} groups in a row were skipped because all their images got the "
+                               "same reward (schedule.skip_uniform_groups): the reward does not tell this policy's "
+                               "images apart. Check the reward (reward.weights), or set schedule.skip_uniform_groups="
+                               "false to train on such groups")
 
     def next_batch(self, learner_version: int) -> Batch:
         """Pump until the buffer yields a batch of fresh groups; long waits are logged, never silent."""

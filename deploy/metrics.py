@@ -37,7 +37,7 @@ class DriverMetrics:
                                tag_keys=("scorer",))
         self.buffered = HeldGauge("nft_buffer_groups", "scored groups held in the buffer after the last batch")
         self.dropped = HeldGauge("nft_buffer_dropped_groups", "groups dropped so far, by reason (stale, failed, "
-                                 "overflow)", tag_keys=("reason",))
+                                 "overflow, uniform)", tag_keys=("reason",))
         self.inflight = HeldGauge("nft_sampler_inflight_groups", "groups in sample calls not yet scored")
         self.faults = HeldGauge("nft_sampler_faults", "sampler faults so far, by kind (resubmitted_groups, "
                                 "sampler_restarts, dead_samplers)", tag_keys=("kind",))
@@ -68,7 +68,7 @@ class DriverMetrics:
         self.buffered.set(len(buffer))
         counts = buffer.counts
         for reason, total in (("stale", counts.stale_groups), ("failed", counts.failed_groups),
-                              ("overflow", counts.overflow_groups)):
+                              ("overflow", counts.overflow_groups), ("uniform", counts.uniform_groups)):
             self.dropped.set(total, tags={"reason": reason})
         self.inflight.set(pool.inflight_groups)
         self.verified.set(pool.verified_broadcasts)

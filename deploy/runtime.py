@@ -108,7 +108,8 @@ def build(cfg: Config, started: list, resume: Path | None = None) -> Runtime:
     pool.wait_ready()
     prompts = PromptSource(read_prompts(cfg.prompts.train), group_size=cfg.prompts.group_size, seed=cfg.prompts.seed)
     buffer = Buffer(capacity=cfg.schedule.buffer_capacity, max_policy_lag=cfg.schedule.max_policy_lag,
-                    adv_clip_max=cfg.learner.adv_clip_max, global_std=cfg.learner.global_std)
+                    adv_clip_max=cfg.learner.adv_clip_max, global_std=cfg.learner.global_std,
+                    skip_uniform=cfg.schedule.skip_uniform_groups)
     collector = Collector(pool, scorer, prompts, buffer, cfg.schedule, cfg.sampler, log=bar.write)
     return Runtime(run, scorer, replicas, learner, pool, prompts, buffer, collector, eval_sets(cfg), bar, scaler)
 

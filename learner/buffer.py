@@ -42,12 +42,17 @@ class BufferCounts:
     stale_groups: int = 0
     stale_samples: int = 0
     overflow_groups: int = 0
+    uniform_groups: int = 0  # skipped: every image of the group got the same reward, so every advantage is 0
     failures: list[str] = field(default_factory=list)  # the last few failure reasons, for the log
 
 
+UNIFORM_TOLERANCE = 1e-6  # rewards of a group closer than this count as equal
+
+
 class Buffer:
-    def __init__(self, *, capacity: int, max_policy_lag: int, adv_clip_max: float, global_std: bool):
-        self.capacity, self.max_policy_lag = capacity, max_policy_lag
+    def __init__(self, *, capacity: int, max_policy_lag: int, adv_clip_max: float, global_std: bool,
+                 skip_uniform: bool = False):
+        self.capacity, self.max_policy_lag, self.skip_uniform = capacity, max_policy_lag, skip_uniform
         self.adv_clip_max, self.global_std = adv_clip_max, global_std
         self.entries: list[Entry] = []
         self.counts = BufferCounts()
@@ -56,10 +61,14 @@ class Buffer:
         return len(self.entries)
 
     def add(self, summary: GroupSummary, ref: Any, slot: int, previews: Any = None) -> bool:
-        """Keep a scored group; a failed one is counted and dropped. Returns whether it was kept."""
+        """Keep a scored group; a failed one is counted and dropped, and so is a uniform one (all K rewards equal)
+        when `skip_uniform` is set. Returns whether it was kept."""
         if summary.failure is not None:
             self.counts.failed_groups += 1
             self.counts.failures = [*self.counts.failures[-4:], summary.failure]
+            return False
+        if self.skip_uniform and max(summary.reward) - min(summary.reward) <= UNIFORM_TOLERANCE:
+            self.counts.uniform_groups += 1
             return False
         if len(self.entries) >= self.capacity:  # the driver's admission control should make this rare
             self.entries.sort(key=lambda e: e.summary.index)

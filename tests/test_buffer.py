@@ -14,13 +14,24 @@ def summary(index, version, reward=(0.0, 1.0), failure=None):
 
 
 def make_buffer(**kw):
-    return Buffer(capacity=kw.get("capacity", 8), max_policy_lag=kw.get("lag", 1), adv_clip_max=5.0, global_std=True)
+    return Buffer(capacity=kw.get("capacity", 8), max_policy_lag=kw.get("lag", 1), adv_clip_max=5.0, global_std=True,
+                  skip_uniform=kw.get("skip_uniform", False))
 
 
 def test_failed_groups_are_counted_never_kept():
     buffer = make_buffer()
     assert not buffer.add(summary(0, 0, failure="scorer 'shapes' failed on 1 of 2 images"), "ref", 0)
     assert len(buffer) == 0 and buffer.counts.failed_groups == 1 and "shapes" in buffer.counts.failures[0]
+
+
+@pytest.mark.parametrize("skip_uniform", [False, True])
+def test_uniform_groups_skipped_only_when_asked(skip_uniform):
+    buffer = make_buffer(skip_uniform=skip_uniform)
+    kept = [buffer.add(summary(index, 0, reward=reward), f"ref{index}", 0)
+            for index, reward in enumerate([(1.0, 1.0, 1.0), (0.5, 0.5, 0.5 + 1e-3), (0.25, 0.25, 0.25)])]
+    assert kept == [not skip_uniform, True, not skip_uniform]
+    assert buffer.counts.uniform_groups == (2 if skip_uniform else 0) and buffer.counts.added_groups == len(buffer)
+    assert [e.summary.index for e in buffer.entries] == ([1] if skip_uniform else [0, 1, 2])
 
 
 def test_stale_groups_dropped_by_lag():
