@@ -1,14 +1,16 @@
-"""The Collector's loop on its own: skipped uniform groups are replaced by fresh ones, and a reward that never tells
-images apart stops the run with an error instead of sampling forever.
+"""The Collector's loop on its own: a dropped group is replaced (by a call smaller than groups_per_call when fewer
+are missing), skipped uniform groups still count as sampled, and a reward that never tells images apart stops the run
+with an error instead of sampling forever.
 
 The sampler pool here is an in-process stand-in that answers each sample call at once with rewards from a script;
-the real pool, Samplers and scorer are exercised end to end in test_driver.py and test_flow_grpo_run.py.
+the real pool, Samplers and scorer are exercised end to end in test_runtime.py and test_flow_grpo_runtime.py.
 """
 
 import pytest
 
 from actors.group import GroupSummary
 from actors.prompts import PromptRecord, PromptSource
+from actors.sampler_pool import Scored
 from configs.schema import SamplerConfig, ScheduleConfig
 from deploy.collector import Collector
 from learner.buffer import Buffer
@@ -35,12 +37,8 @@ class ScriptedPool:
 
     def poll(self, timeout_s):
         done, self.pending = self.pending, []
-        return [Scored([GroupSummary(i, f"p{i}", 0, self.reward_of(i), {}, None, K) for i in call]) for call in done]
-
-
-class Scored:
-    def __init__(self, summaries):
-        self.summaries, self.training_ref, self.previews_ref = summaries, "training", "previews"
+        return [Scored([GroupSummary(i, f"p{i}", 0, self.reward_of(i), {}, None, K) for i in call], "training",
+                       "previews") for call in done]
 
 
 def make_collector(reward_of, *, skip_uniform: bool, groups_per_update: int = 2, per_call: int = 1) -> Collector:
