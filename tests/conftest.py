@@ -33,15 +33,24 @@ def local_ray():
     ray.shutdown()
 
 
-@pytest.fixture(scope="module")
+def pytest_collection_modifyitems(items):
+    """The tests on the multi-node cluster run last and together, so one cluster serves them all and no other test
+    shares the cores with its idle nodes."""
+    items.sort(key=lambda item: "cluster" in getattr(item, "fixturenames", ()))  # stable: the rest keep their order
+
+
+NODES = [("learner", {"nft_learner": 2}), ("sampler", {"nft_sampler": 2}), ("reward_a", {"nft_reward": 1}),
+         ("reward_b", {"nft_reward": 1})]
+
+
+@pytest.fixture(scope="session")
 def cluster(tmp_path_factory):
-    """A multi-node cluster (tests/cluster.py) per test module that asks for one: head (driver, GroupScorer), a
+    """One multi-node cluster (tests/cluster.py) for every test that asks for one: head (driver, GroupScorer), a
     learner node (room for 2 ranks), a sampler node, two reward nodes (one replica each)."""
     nodes = LocalCluster(tmp_path_factory.mktemp("cluster"))
     try:
         nodes.start("head", {}, head=True)
-        for name, resources in [("learner", {"nft_learner": 2}), ("sampler", {"nft_sampler": 2}),
-                                ("reward_a", {"nft_reward": 1}), ("reward_b", {"nft_reward": 1})]:
+        for name, resources in NODES:
             nodes.start(name, resources)
         yield nodes
     finally:
@@ -50,6 +59,9 @@ def cluster(tmp_path_factory):
 
 @pytest.fixture
 def run(cluster, tmp_path):
+    for name, resources in NODES:  # a node an earlier test lost and did not replace (it failed before it could)
+        if name not in cluster.nodes:
+            cluster.start(name, resources)
     runs = []
 
     def start(name: str, *args: str, timeout_s: float = RUN_TIMEOUT_S) -> Run:

@@ -35,6 +35,18 @@ def received_chunks(port: int) -> float:
                if line.startswith("ray_object_manager_received_chunks{") and 'Type="Total"' in line)
 
 
+def settled_chunks(cluster, nodes: tuple[str, ...]) -> dict[str, float]:
+    """received_chunks per node once two readings 2 s apart agree (exports of an earlier run have arrived)."""
+    last = None
+    for _ in range(15):
+        now = {node: received_chunks(cluster.metrics_ports[node]) for node in nodes}
+        if now == last:
+            return now
+        last = now
+        time.sleep(2)
+    raise AssertionError(f"object-manager counters still moving after 30 s: {last}")
+
+
 def check_trained_once(updates: list[dict], num_updates: int, groups_per_update: int = 2) -> None:
     assert [u["step"] for u in updates] == list(range(1, num_updates + 1))
     trained = [index for u in updates for index in u["groups"]]
@@ -42,6 +54,7 @@ def check_trained_once(updates: list[dict], num_updates: int, groups_per_update:
 
 
 def test_roles_run_on_their_node_groups(cluster, run):
+    before = settled_chunks(cluster, ("learner", "sampler"))  # what the cluster's earlier runs moved
     training = run("placed", "run.num_updates=2")
     training.finish()
     start, end = training.records("placement")
@@ -55,8 +68,8 @@ def test_roles_run_on_their_node_groups(cluster, run):
     # sampler node (verified there against the learner's checksum): Ray's object managers moved the objects.
     assert updates[-1]["verified_broadcasts"] >= 2
     deadline = time.monotonic() + 30  # Ray's agents export every second here
-    while not all(received_chunks(cluster.metrics_ports[node]) > 0 for node in ("learner", "sampler")):
-        assert time.monotonic() < deadline, {n: received_chunks(cluster.metrics_ports[n]) for n in cluster.nodes}
+    while not all(received_chunks(cluster.metrics_ports[node]) > before[node] for node in before):
+        assert time.monotonic() < deadline, (before, {n: received_chunks(cluster.metrics_ports[n]) for n in before})
         time.sleep(1)
 
 
