@@ -29,6 +29,9 @@ RUN = ["prompts.group_size=4", "schedule.groups_per_update=2", "schedule.buffer_
        "eval.num_steps=2", "eval.in_distribution_images_per_prompt=0", "run.grid_every=0", "run.progress=false",
        "policy.lora.rank=4", "policy.lora.alpha=8", "run.checkpoint_every=0"]
 RUN_TIMEOUT_S = 300  # a run's default limit; Run(timeout_s=...) sets another
+# the nodes besides the head: a learner node (room for 2 ranks), a sampler node, two reward nodes (one replica each)
+NODES = {"learner": {"nft_learner": 2}, "sampler": {"nft_sampler": 2}, "reward_a": {"nft_reward": 1},
+         "reward_b": {"nft_reward": 1}}
 
 
 def descendants(pid: int) -> list[int]:
@@ -84,6 +87,12 @@ class LocalCluster:
             assert self.nodes[name].poll() is None, f"node {name} exited:\n{log_path.read_text()[-3000:]}"
             assert time.monotonic() < deadline, f"node {name} not up in {timeout_s:.0f} s:\n{log_path.read_text()}"
             time.sleep(0.5)
+
+    def start_missing(self) -> None:
+        """Start each of NODES that is not running (never started, or lost and not replaced)."""
+        for name, resources in NODES.items():
+            if name not in self.nodes:
+                self.start(name, resources)
 
     def kill(self, name: str) -> None:
         """Lose a node as a machine is lost: SIGKILL its raylet, agents and actor workers (descendants of its

@@ -39,10 +39,6 @@ def pytest_collection_modifyitems(items):
     items.sort(key=lambda item: "cluster" in getattr(item, "fixturenames", ()))  # stable: the rest keep their order
 
 
-NODES = [("learner", {"nft_learner": 2}), ("sampler", {"nft_sampler": 2}), ("reward_a", {"nft_reward": 1}),
-         ("reward_b", {"nft_reward": 1})]
-
-
 @pytest.fixture(scope="session")
 def cluster(tmp_path_factory):
     """One multi-node cluster (tests/cluster.py) for every test that asks for one: head (driver, GroupScorer), a
@@ -50,8 +46,7 @@ def cluster(tmp_path_factory):
     nodes = LocalCluster(tmp_path_factory.mktemp("cluster"))
     try:
         nodes.start("head", {}, head=True)
-        for name, resources in NODES:
-            nodes.start(name, resources)
+        nodes.start_missing()
         yield nodes
     finally:
         nodes.shutdown()
@@ -59,9 +54,7 @@ def cluster(tmp_path_factory):
 
 @pytest.fixture
 def run(cluster, tmp_path):
-    for name, resources in NODES:  # a node an earlier test lost and did not replace (it failed before it could)
-        if name not in cluster.nodes:
-            cluster.start(name, resources)
+    cluster.start_missing()  # a node an earlier test lost and, failing, did not replace
     runs = []
 
     def start(name: str, *args: str, timeout_s: float = RUN_TIMEOUT_S) -> Run:

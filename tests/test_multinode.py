@@ -12,6 +12,8 @@ import time
 import httpx
 import pytest
 
+from tests.cluster import NODES
+
 pytestmark = pytest.mark.slow
 
 def groups_of(placement: dict) -> dict[str, list[str]]:
@@ -89,12 +91,12 @@ def test_lost_sampler_and_reward_nodes(cluster, run):
     said = training.wait_for("word of the lost Samplers",
                              lambda: re.search(r"Sampler \d lost .*'nft_sampler': 1", training.output()), 60)
     print(f"lost Samplers reported {said:.1f} s after the kill")
-    cluster.start("sampler", {"nft_sampler": 2})
+    cluster.start("sampler", NODES["sampler"])
     said = training.wait_for("word of the lost reward replica",
                              lambda: re.search(r"reward replicas \[0\] are being restarted .*'nft_reward': 1",
                                                training.output()), 180)
     print(f"lost reward replica reported {said:.1f} s after the new sampler node")
-    cluster.start(reward_node, {"nft_reward": 1})
+    cluster.start(reward_node, NODES[reward_node])
     training.finish()
 
     output = training.output()
