@@ -129,25 +129,6 @@ def test_hand_made_images_score_as_computed_by_hand(scorer, image, metadata, par
     assert scores["shapes_strict"] == [strict]
 
 
-def speckle(image: np.ndarray, x: int, y: int, side: int, off_color: str, seed: int = 0) -> np.ndarray:
-    """A quarter of the box's inner pixels of the shape's colour turned dark or (every fifth) another colour: the
-    texture a policy's samples carry, as a hand-made test image."""
-    rng = np.random.default_rng(seed)
-    inner = [(row, col) for row in range(y + 1, y + side - 1) for col in range(x + 1, x + side - 1)
-             if tuple(image[row, col]) != BACKGROUND]
-    for k, i in enumerate(rng.choice(len(inner), size=len(inner) // 4, replace=False)):
-        row, col = inner[i]
-        image[row, col] = COLORS[off_color] if k % 5 == 0 else (0.35 * image[row, col] + 0.65 * np.array(BACKGROUND))
-    return image
-
-
-@pytest.mark.parametrize("shape", ["square", "circle", "triangle"])
-def test_a_speckled_shape_keeps_its_shape(shape):
-    """Speckles inside a shape are texture: before the row fill, this square read as a circle (fill under 0.89)."""
-    (found,) = detect(speckle(draw(blank(), shape, "red", 8, 8, 12), 8, 8, 12, "yellow")[None])
-    assert [(obj.shape, obj.color) for obj in found] == [(shape, "red")]
-
-
 def test_detect_reports_shape_colour_and_box():
     (found,) = detect(draw(blank(), "triangle", "yellow", 5, 7, 10)[None])  # the apex row holds no pixel centre
     assert [(obj.shape, obj.color, obj.box) for obj in found] == [("triangle", "yellow", (5, 8, 15, 17))]

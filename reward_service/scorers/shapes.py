@@ -81,19 +81,6 @@ def _components(colors: np.ndarray) -> np.ndarray:
         labels = new
 
 
-def _fill_rows(alpha: np.ndarray) -> np.ndarray:
-    """Coverage 1 between the first and last half-covered pixel of each row: every shape of this world is convex, so
-    a dark or off-colour speckle inside an object is texture, not a hole; left in, it pulls a square's fill under
-    SQUARE_MIN_FILL and the square reads as a circle. The anti-aliased rim outside the span keeps its soft values."""
-    covered = alpha >= 0.5
-    width = alpha.shape[1]
-    first = covered.argmax(axis=1)
-    last = width - 1 - covered[:, ::-1].argmax(axis=1)
-    columns = np.arange(width)
-    inside = covered.any(axis=1)[:, None] & (columns > first[:, None]) & (columns < last[:, None])
-    return np.where(inside, 1.0, alpha)
-
-
 def _shape_of(image: np.ndarray, colors: np.ndarray, color: int, box: tuple[int, int, int, int]) -> str | None:
     """Classify one blob of colour index `color` (hard box x0, y0, x1, y1) of an (H, W, 3) image by its soft coverage
     in the box grown by a pixel, where the anti-aliased rim lies; pixels of other colours are left out."""
@@ -106,7 +93,6 @@ def _shape_of(image: np.ndarray, colors: np.ndarray, color: int, box: tuple[int,
     alpha = np.clip(window @ direction / (direction @ direction), 0.0, 1.0)  # (h, w)
     window_colors = colors[y0:y1 + 1, x0:x1 + 1]
     alpha *= (window_colors == color) | (window_colors < 0)
-    alpha = _fill_rows(alpha)
     rows, columns = alpha.max(axis=1), alpha.max(axis=0)
     area, height = alpha.sum(), rows.sum()
     fill = area / (columns.sum() * height)
