@@ -28,6 +28,9 @@ POSITION_MARGIN = 0.1  # GenEval's: a fraction of the two boxes' summed sizes
 # stays exact at 7 px where hard masks turn circles into squares. fill = Σα / (width · height), width and height
 # being sums of the per-column and per-row maxima of α: square 1, circle π/4, triangle 1/2. An upright triangle's
 # centroid sits 1/6 of its height below its centre ("drop"); a circle's and a square's on it.
+# A dark or off-colour speckle inside a blob counts as a hole, so a speckled square reads as a circle. That strictness
+# is a quality prior the training reward needs: a variant that forgave speckles inside convex shapes was exploited by
+# bloated, striped shapes within a few hundred updates (docs/measurements.md, 'Speckles inside a shape').
 SQUARE_MIN_FILL = 0.89
 CIRCLE_MIN_FILL = 0.65
 TRIANGLE_MIN_FILL = 0.35
